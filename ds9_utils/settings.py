@@ -32,6 +32,11 @@ def base_url() -> str:
     return url if url.endswith("/") else url + "/"
 
 
+def download_delay() -> float:
+    """Seconds to wait between two requests to the site: ``$DS9_DOWNLOAD_DELAY`` or one second (tests use 0)."""
+    return float(os.environ.get("DS9_DOWNLOAD_DELAY", "1.0"))
+
+
 def quick_mode() -> bool:
     """True when ``DS9_QUICK`` is set to something truthy: tests and CI run every notebook small and fast."""
     return os.environ.get("DS9_QUICK", "").strip().lower() not in ("", "0", "false", "no")

@@ -1,0 +1,146 @@
+"""Real HTTP servers on 127.0.0.1 for the tests: the shared mirror of the site, and one that misbehaves."""
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+class QuietFileHandler(SimpleHTTPRequestHandler):
+    """Serves a folder like the real site, without logging every request to stderr."""
+
+    def log_message(self, format: str, *args) -> None:
+        pass
+
+
+class LoopbackServer:
+    """A ThreadingHTTPServer on a free loopback port, run in a daemon thread."""
+
+    def __init__(self, handler):
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}/"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def serve_folder(folder: Path) -> LoopbackServer:
+    return LoopbackServer(partial(QuietFileHandler, directory=str(folder)))
+
+
+def page_html(title: str) -> bytes:
+    """A small transcript page in the site's layout, with original text."""
+    return (
+        "<html><body><p><b>" + title + "</b><br>Stardate: 12345.6<br>Original Airdate: 1 Jan, 2001<br></p>"
+        "<table><tr><td><b>[Test Lab]</b><p>TESTER: This is page " + title + ". <br>"
+        "(The tester nods)</p></td></tr></table></body></html>"
+    ).encode("utf-8")
+
+
+# What each page of the faulty site does, attempt by attempt; the last behaviour repeats.
+FAULT_SCRIPT = {
+    "901.htm": ["500", "ok"],
+    "902.htm": ["429", "ok"],
+    "903.htm": ["stall", "ok"],
+    "904.htm": ["truncate"],
+    "905.htm": ["404"],
+    "906.htm": ["reset", "ok"],
+    "907.htm": ["truncate", "ok"],
+}
+
+
+def fault_index() -> bytes:
+    rows = "".join(f'<tr><td><a href="{page}">Fault {page}</a></td><td>{page[:3]}</td></tr>' for page in FAULT_SCRIPT)
+    escapes = (
+        '<tr><td><a href="../../x.htm">Escape</a></td></tr>'
+        '<tr><td><a href="/etc/passwd">Root</a></td></tr>'
+        '<tr><td><a href="http://example.invalid/999.htm">Elsewhere</a></td></tr>'
+        '<tr><td><a href="..%2F..%2F998.htm">Encoded</a></td></tr>'
+    )
+    return f"<html><body><h2>Season 1</h2><table>{rows}{escapes}</table></body></html>".encode()
+
+
+class FaultyHandler(QuietFileHandler):
+    """Plays FAULT_SCRIPT; counts every request so tests can check what was retried."""
+
+    attempts: Counter  # set per server by make_fault_server
+    request_times: dict
+    user_agents: list
+    stall_seconds = 2.0
+
+    def do_GET(self) -> None:
+        name = self.path.rsplit("/", 1)[-1]
+        self.attempts[name] += 1
+        self.request_times.setdefault(name, []).append(time.monotonic())
+        self.user_agents.append(self.headers.get("User-Agent", ""))
+        if self.path == "/DS9/episodes.htm":
+            return self._send(200, fault_index())
+        script = FAULT_SCRIPT.get(name)
+        if script is None or not self.path.startswith("/DS9/"):
+            return self._send(404, b"not here")
+        action = script[min(self.attempts[name], len(script)) - 1]
+        body = page_html(name)
+        if action == "ok":
+            self._send(200, body)
+        elif action == "500":
+            self._send(500, b"server error")
+        elif action == "429":
+            self._send(429, b"slow down", {"Retry-After": "1"})
+        elif action == "404":
+            self._send(404, b"no such page")
+        elif action == "stall":
+            time.sleep(self.stall_seconds)
+            self._send(200, body)
+        elif action == "truncate":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 3])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_WR)
+        elif action == "reset":
+            # SO_LINGER with a zero timeout makes close() send a TCP RST: a "connection reset by peer".
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+
+    def _send(self, status: int, body: bytes, headers: dict | None = None) -> None:
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class FaultLog:
+    """What the faulty server saw: attempts per page, when each came, and the User-Agent of every request."""
+
+    def __init__(self):
+        self.attempts: Counter = Counter()
+        self.times: dict[str, list[float]] = {}
+        self.user_agents: list[str] = []
+
+
+def make_fault_server() -> tuple[LoopbackServer, FaultLog]:
+    log = FaultLog()
+    handler = type(
+        "ScriptedHandler",
+        (FaultyHandler,),
+        {"attempts": log.attempts, "request_times": log.times, "user_agents": log.user_agents},
+    )
+    return LoopbackServer(handler), log
