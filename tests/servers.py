@@ -18,11 +18,18 @@ class QuietFileHandler(SimpleHTTPRequestHandler):
         pass
 
 
+class QuietHTTPServer(ThreadingHTTPServer):
+    """Does not print a traceback when a client hangs up on purpose (our time-out tests do)."""
+
+    def handle_error(self, request, client_address) -> None:
+        pass
+
+
 class LoopbackServer:
     """A ThreadingHTTPServer on a free loopback port, run in a daemon thread."""
 
     def __init__(self, handler):
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd = QuietHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
