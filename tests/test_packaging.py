@@ -21,7 +21,8 @@ def test_environment_yml_lists_the_same_dependencies_as_pyproject():
         wanted.update(requirement(spec) for spec in extra)
 
     conda = {}
-    for line in (ROOT / "environment.yml").read_text().splitlines():
+    listing = (ROOT / "environment.yml").read_text().split("\ndependencies:\n", 1)[1]
+    for line in listing.splitlines():
         item = re.match(r"^  - ([A-Za-z][^#]*)$", line)
         if item and not item.group(1).startswith(("python", "pip")):
             name, constraint = requirement(item.group(1))

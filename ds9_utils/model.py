@@ -1,0 +1,390 @@
+"""The language models of the course, from a bigram table to a GPT.
+
+Read it top to bottom, in the order the notebooks build it:
+
+1. ``BigramLanguageModel``: each character predicts the next from a table of logits, nothing more.
+2. ``Head`` and ``MultiHeadAttention``: self-attention written out the way it is taught, one ``Linear`` per
+   head and an explicit masked softmax.
+3. ``GPTConfig``, ``CausalSelfAttention``, ``FeedForward``, ``Block`` and ``GPT``: the same ideas in the
+   compact, fast form of nanoGPT (all heads in one matrix multiply, fused attention), plus a ``KVCache`` so
+   generation processes one new token per step instead of the whole context again.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+POSITIONAL_OPTIONS = ("learned", "sinusoidal", "none")
+ATTENTION_OPTIONS = ("fast", "explicit")
+
+
+class BigramLanguageModel(nn.Module):
+    """The simplest language model: a table whose row ``i`` holds the logits of the character after ``i``."""
+
+    #: How many tokens of context the next prediction depends on: only the last one.
+    block_size = 1
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        if vocab_size < 1:
+            raise ValueError(f"vocab_size must be at least 1, got {vocab_size}.")
+        self.token_embedding_table = nn.Embedding(vocab_size, vocab_size)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, vocab_size) for every position, and the cross-entropy loss when targets are given."""
+        logits = self.token_embedding_table(idx)
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return logits, loss
+
+
+# --- Self-attention as it is taught -------------------------------------------------------------------------
+
+
+class Head(nn.Module):
+    """One head of causal self-attention: every position mixes the values of the positions up to itself,
+    weighted by how well its query matches their keys."""
+
+    def __init__(self, n_embd: int, head_size: int, block_size: int, dropout: float = 0.0):
+        super().__init__()
+        self.key = nn.Linear(n_embd, head_size, bias=False)
+        self.query = nn.Linear(n_embd, head_size, bias=False)
+        self.value = nn.Linear(n_embd, head_size, bias=False)
+        # A buffer, not a parameter: it moves with the model to the GPU but is never trained.
+        self.register_buffer("tril", torch.tril(torch.ones(block_size, block_size)))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        k = self.key(x)  # (B, T, head_size)
+        q = self.query(x)  # (B, T, head_size)
+        # Affinities, scaled by 1/sqrt(head_size) so the softmax does not saturate at initialisation.
+        weights = q @ k.transpose(-2, -1) * k.size(-1) ** -0.5  # (B, T, T)
+        weights = weights.masked_fill(self.tril[:T, :T] == 0, float("-inf"))  # the future is hidden
+        weights = F.softmax(weights, dim=-1)
+        weights = self.dropout(weights)
+        v = self.value(x)  # (B, T, head_size)
+        return weights @ v  # (B, T, head_size)
+
+
+class MultiHeadAttention(nn.Module):
+    """Several heads side by side, their outputs concatenated and projected back to ``n_embd``."""
+
+    def __init__(self, n_embd: int, n_head: int, block_size: int, dropout: float = 0.0, bias: bool = False):
+        super().__init__()
+        if n_embd % n_head != 0:
+            raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}) so each head gets n_embd // n_head dimensions.")
+        head_size = n_embd // n_head
+        self.heads = nn.ModuleList([Head(n_embd, head_size, block_size, dropout) for _ in range(n_head)])
+        self.proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.cat([head(x) for head in self.heads], dim=-1)
+        return self.dropout(self.proj(out))
+
+
+# --- The GPT -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GPTConfig:
+    """The shape of a GPT. ``positional`` and ``attention`` choose between the variants the notebooks compare.
+
+    positional: "learned" (a trained table, as GPT-2), "sinusoidal" (the fixed sines and cosines of
+        "Attention Is All You Need") or "none" (no position information: the model cannot tell order).
+    attention: "fast" (PyTorch's fused ``scaled_dot_product_attention``) or "explicit" (the masked softmax
+        of QK^T/sqrt(d) the notebooks derive). Both compute the same function.
+    """
+
+    vocab_size: int
+    block_size: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    dropout: float = 0.0
+    bias: bool = False
+    positional: str = "learned"
+    attention: str = "fast"
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}.")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
+                "each head works on n_embd // n_head dimensions."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}.")
+        if self.positional not in POSITIONAL_OPTIONS:
+            raise ValueError(f"GPTConfig.positional must be one of {POSITIONAL_OPTIONS}, got {self.positional!r}.")
+        if self.attention not in ATTENTION_OPTIONS:
+            raise ValueError(f"GPTConfig.attention must be one of {ATTENTION_OPTIONS}, got {self.attention!r}.")
+
+
+class LayerKVCache:
+    """The keys and values one attention layer has computed so far, in buffers of ``capacity`` positions.
+
+    The buffers are allocated on first use (so they get the model's device and dtype) and filled in place,
+    which avoids copying the whole cache at every generated token.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.length = 0
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store new keys and values (B, n_head, T, head_size); return all of them so far."""
+        B, n_head, T, head_size = k.shape
+        end = self.length + T
+        if end > self.capacity:
+            raise ValueError(f"The KV cache holds at most {self.capacity} positions; cannot add {T} to {self.length}. Call reset() first.")
+        shape = (B, n_head, self.capacity, head_size)
+        if self.keys is None or (self.length == 0 and (self.keys.shape != shape or self.keys.dtype != k.dtype or self.keys.device != k.device)):
+            self.keys = k.new_empty(shape)
+            self.values = v.new_empty(shape)
+        elif self.keys.shape != shape:
+            raise ValueError(f"The KV cache was filled with batch size {self.keys.size(0)}, got {B}; call reset() before changing the batch.")
+        self.keys[:, :, self.length : end] = k
+        self.values[:, :, self.length : end] = v
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
+class KVCache:
+    """Every layer's keys and values for the tokens processed so far, so that the next forward pass only
+    needs the new token: ``logits, _ = model(next_token, kv_cache=cache)``.
+
+    Positions continue from ``length``; the cache holds at most ``block_size`` of them. When it is full,
+    ``reset()`` it and process the most recent tokens again (``ds9_utils.generate`` does this).
+    """
+
+    def __init__(self, n_layer: int, capacity: int):
+        self.layers = [LayerKVCache(capacity) for _ in range(n_layer)]
+
+    @property
+    def length(self) -> int:
+        """How many positions are cached: the position the next token will get."""
+        return self.layers[0].length
+
+    @property
+    def capacity(self) -> int:
+        return self.layers[0].capacity
+
+    def reset(self) -> None:
+        """Forget the cached tokens (the buffers are kept and overwritten)."""
+        for layer in self.layers:
+            layer.length = 0
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with all heads in one matrix multiply (nanoGPT style).
+
+    One ``Linear`` makes the queries, keys and values of every head at once. The "fast" path hands them to
+    PyTorch's fused attention; the "explicit" path writes out softmax(QK^T / sqrt(d) + causal mask) V.
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.use_explicit_attention = config.attention == "explicit"
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        # True where a query may look at a key. Not saved in checkpoints: it is rebuilt from the config.
+        causal_mask = torch.ones(config.block_size, config.block_size, dtype=torch.bool).tril()
+        self.register_buffer("causal_mask", causal_mask, persistent=False)
+
+    def _queries_keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of shape (B, n_head, T, head_size)."""
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(self.n_embd, dim=2)
+        return tuple(t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+
+    def attention_weights(self, q: torch.Tensor, k: torch.Tensor, past_length: int = 0) -> torch.Tensor:
+        """softmax(QK^T / sqrt(head_size)) with the future masked: (B, n_head, T_query, T_key), rows sum to 1."""
+        T_query, T_key = q.size(-2), k.size(-2)
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        allowed = self.causal_mask[past_length : past_length + T_query, :T_key]
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        return F.softmax(scores, dim=-1)
+
+    def forward(self, x: torch.Tensor, layer_cache: LayerKVCache | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self._queries_keys_values(x)
+        past_length = 0
+        if layer_cache is not None:
+            past_length = layer_cache.length
+            k, v = layer_cache.append(k, v)
+        if self.use_explicit_attention:
+            weights = self.attn_dropout(self.attention_weights(q, k, past_length))
+            y = weights @ v
+        else:
+            dropout_p = self.dropout if self.training else 0.0
+            if past_length == 0:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            elif T == 1:  # one new token may look at every cached one: no mask needed
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+            else:  # several new tokens after cached ones: the causal mask is offset by the cached length
+                mask = self.causal_mask[past_length : past_length + T, : past_length + T]
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        return self.resid_dropout(self.proj(y))
+
+
+class FeedForward(nn.Module):
+    """The per-position computation after attention: widen to 4 * n_embd, GELU, project back."""
+
+    def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = False):
+        super().__init__()
+        self.expand = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.gelu = nn.GELU()
+        self.proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(self.gelu(self.expand(x))))
+
+
+class Block(nn.Module):
+    """A transformer block: tokens communicate (attention), then each thinks on its own (feed-forward).
+    Both sit on a residual path with LayerNorm before them (pre-norm, as GPT-2)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ffwd = FeedForward(config.n_embd, config.dropout, config.bias)
+
+    def forward(self, x: torch.Tensor, layer_cache: LayerKVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), layer_cache)
+        x = x + self.ffwd(self.ln_2(x))
+        return x
+
+
+def sinusoidal_positions(block_size: int, n_embd: int) -> torch.Tensor:
+    """The fixed position table of "Attention Is All You Need": sines in even, cosines in odd dimensions,
+    with wavelengths from 2*pi to 10000*2*pi. Shape (block_size, n_embd)."""
+    positions = torch.arange(block_size, dtype=torch.float32).unsqueeze(1)
+    frequencies = torch.exp(torch.arange(0, n_embd, 2, dtype=torch.float32) * (-math.log(10000.0) / n_embd))
+    table = torch.zeros(block_size, n_embd)
+    table[:, 0::2] = torch.sin(positions * frequencies)
+    table[:, 1::2] = torch.cos(positions * frequencies)[:, : n_embd // 2]
+    return table
+
+
+class GPT(nn.Module):
+    """A decoder-only transformer language model (GPT-2 architecture, nanoGPT style)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.n_embd)
+        if config.positional == "learned":
+            self.position_embedding = nn.Embedding(config.block_size, config.n_embd)
+        elif config.positional == "sinusoidal":
+            self.register_buffer("position_table", sinusoidal_positions(config.block_size, config.n_embd), persistent=False)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying: the same matrix reads tokens in and scores them out (fewer parameters, better results).
+        self.token_embedding.weight = self.lm_head.weight
+
+        self.apply(self._init_weights)
+        # GPT-2: each block adds two projections to the residual stream; shrink them so it does not grow with depth.
+        for name, parameter in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    @property
+    def block_size(self) -> int:
+        """The longest context the model can attend to."""
+        return self.config.block_size
+
+    def num_parameters(self, non_embedding: bool = True) -> int:
+        """How many numbers the model learns. With ``non_embedding`` the learned position table is left out;
+        the token embedding stays in because, tied to ``lm_head``, it also does the output layer's work."""
+        total = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.config.positional == "learned":
+            total -= self.position_embedding.weight.numel()
+        return total
+
+    def new_kv_cache(self) -> KVCache:
+        """An empty cache for generation: pass it as ``kv_cache=`` and feed one new token per call."""
+        return KVCache(self.config.n_layer, self.config.block_size)
+
+    def _embed(self, idx: torch.Tensor, past_length: int) -> torch.Tensor:
+        if idx.dim() != 2:
+            raise ValueError(f"idx must be a (batch, time) tensor of token ids, got shape {tuple(idx.shape)}.")
+        T = idx.size(1)
+        if T == 0:
+            raise ValueError("idx has no tokens; pass at least one token id per row.")
+        if past_length + T > self.config.block_size:
+            cached = f" after {past_length} cached tokens" if past_length else ""
+            raise ValueError(
+                f"Cannot process {T} tokens{cached}: the model's block_size is {self.config.block_size}. "
+                "Crop the input to the last block_size tokens (idx[:, -block_size:]) or reset the KV cache."
+            )
+        x = self.token_embedding(idx)
+        if self.config.positional == "learned":
+            x = x + self.position_embedding(torch.arange(past_length, past_length + T, device=idx.device))
+        elif self.config.positional == "sinusoidal":
+            x = x + self.position_table[past_length : past_length + T]
+        return self.dropout(x)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, kv_cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, vocab_size) for every position, and the mean cross-entropy over all positions when
+        ``targets`` (B, T) are given (positions whose target is -1 are ignored).
+
+        With ``kv_cache``, ``idx`` holds only the tokens that follow the cached ones; their keys and values
+        are added to the cache.
+        """
+        if kv_cache is not None and len(kv_cache.layers) != self.config.n_layer:
+            raise ValueError(f"The KV cache has {len(kv_cache.layers)} layers but the model has {self.config.n_layer}; make it with model.new_kv_cache().")
+        x = self._embed(idx, kv_cache.length if kv_cache is not None else 0)
+        for layer_index, block in enumerate(self.blocks):
+            x = block(x, kv_cache.layers[layer_index] if kv_cache is not None else None)
+        logits = self.lm_head(self.ln_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+        return logits, loss
+
+    @torch.no_grad()
+    def attention_maps(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """The attention weights of every layer for ``idx``: a list of n_layer tensors (B, n_head, T, T) whose
+        row t shows where position t looks. Computed in eval mode (no dropout) with the explicit path."""
+        was_training = self.training
+        self.eval()
+        try:
+            maps = []
+            x = self._embed(idx, past_length=0)
+            for block in self.blocks:
+                q, k, _ = block.attn._queries_keys_values(block.ln_1(x))
+                maps.append(block.attn.attention_weights(q, k))
+                x = block(x)
+            return maps
+        finally:
+            self.train(was_training)

@@ -1,0 +1,168 @@
+"""The figures the notebooks share: attention maps, loss curves and next-character distributions.
+
+Every function draws into a matplotlib Axes (a new figure when ``ax`` is None) and returns it (the grid
+returns its Figure), so a notebook can add to the picture before it is shown. Nothing here calls
+``plt.show()``: Jupyter shows the figure at the end of the cell.
+
+Characters are hard to read as tick labels when they are invisible, so a newline is drawn as ``⏎``, a space
+as ``·`` and a tab as ``→`` (see ``token_label``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+#: How invisible characters are drawn on the axes.
+VISIBLE = {"\n": "⏎", " ": "·", "\t": "→", "\r": "␍"}
+
+
+def token_label(token: str) -> str:
+    """A token as it should appear on an axis: newline as ⏎, space as ·, tab as →; other text unchanged."""
+    return "".join(VISIBLE.get(c, c) for c in str(token))
+
+
+def _as_array(values) -> np.ndarray:
+    """A tensor (on any device, with or without grad) or array-like as a float numpy array."""
+    if hasattr(values, "detach"):
+        values = values.detach().float().cpu().numpy()
+    return np.asarray(values, dtype=float)
+
+
+def _token_list(tokens: str | Iterable[str]) -> list[str]:
+    return [token_label(t) for t in (list(tokens) if isinstance(tokens, str) else tokens)]
+
+
+def _new_axes(figsize: tuple[float, float]):
+    import matplotlib.pyplot as plt
+
+    _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def _tick_fontsize(n: int) -> float:
+    """Small enough that n labels do not overlap, large enough to read (8-11 pt)."""
+    return float(max(5.0, min(11.0, 420.0 / max(n, 1))))
+
+
+def _draw_map(ax, weights: np.ndarray, labels: list[str], *, vmax: float, fontsize: float,
+              show_ylabels: bool = True, axis_titles: bool = True):
+    import matplotlib
+
+    T_query, T_key = weights.shape
+    # The future a causal map may not look at (above the diagonal, weight exactly 0) is left white.
+    future = np.triu(np.ones((T_query, T_key), dtype=bool), k=1 + T_key - T_query) & (weights == 0)
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
+    image = ax.imshow(np.ma.masked_array(weights, future), cmap=cmap, vmin=0.0, vmax=vmax,
+                      interpolation="nearest", aspect="equal")
+    ax.set_xticks(range(T_key))
+    ax.set_xticklabels(labels[:T_key], fontsize=fontsize, family="monospace")
+    ax.set_yticks(range(T_query))
+    ax.set_yticklabels(labels[:T_query] if show_ylabels else [], fontsize=fontsize, family="monospace")
+    ax.tick_params(length=0, pad=1.5)
+    if axis_titles:
+        ax.set_xlabel("looked at (key)")
+        if show_ylabels:
+            ax.set_ylabel("looking (query)")
+    return image
+
+
+def plot_attention(weights, tokens: str | Sequence[str], *, ax=None, title: str | None = None):
+    """Draw one attention map: ``weights`` is (T, T), row t is where position t looks (rows sum to 1).
+
+    ``tokens`` is the text (a string, or one string per token) labelling both axes. Returns the Axes.
+    """
+    weights = _as_array(weights)
+    if weights.ndim != 2:
+        raise ValueError(f"plot_attention wants one (T, T) map, got shape {weights.shape}; "
+                         "use plot_attention_grid for several heads, or index one (e.g. maps[0][0, head]).")
+    labels = _token_list(tokens)
+    if len(labels) < max(weights.shape):
+        raise ValueError(f"{len(labels)} tokens for a {weights.shape[0]}x{weights.shape[1]} map: "
+                         "pass one token per row/column.")
+    T = max(weights.shape)
+    if ax is None:
+        side = min(12.0, max(4.0, 0.2 * T + 1.5))
+        ax = _new_axes((side + 1.0, side))
+    image = _draw_map(ax, weights, labels, vmax=max(float(weights.max()), 1e-9), fontsize=_tick_fontsize(T))
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label="attention weight")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_attention_grid(weights, tokens: str | Sequence[str], *, titles: Sequence[str] | None = None,
+                        ncols: int = 4):
+    """Draw several attention maps side by side: ``weights`` is (H, T, T), one map per head
+    (a leading batch dimension of 1 is dropped). All maps share one colour scale. Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    weights = _as_array(weights)
+    if weights.ndim == 4 and weights.shape[0] == 1:
+        weights = weights[0]
+    if weights.ndim != 3:
+        raise ValueError(f"plot_attention_grid wants (H, T, T) maps, got shape {weights.shape}.")
+    H, T = weights.shape[0], max(weights.shape[1:])
+    labels = _token_list(tokens)
+    if len(labels) < T:
+        raise ValueError(f"{len(labels)} tokens for {T}-position maps: pass one token per row/column.")
+    if titles is not None and len(titles) != H:
+        raise ValueError(f"{len(titles)} titles for {H} maps.")
+    ncols = max(1, min(ncols, H))
+    nrows = math.ceil(H / ncols)
+    panel = min(6.0, max(2.8, 0.11 * T + 1.2))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel * ncols + 1.0, panel * nrows + 0.3), squeeze=False)
+    vmax = max(float(weights.max()), 1e-9)
+    fontsize = float(max(4.0, min(9.0, 46.0 * panel / T)))
+    image = None
+    for index, ax in enumerate(axes.flat):
+        if index >= H:
+            ax.axis("off")
+            continue
+        first_column = index % ncols == 0
+        image = _draw_map(ax, weights[index], labels, vmax=vmax, fontsize=fontsize, show_ylabels=first_column,
+                          axis_titles=index // ncols == nrows - 1 or first_column)
+        ax.set_title(titles[index] if titles is not None else f"head {index}", fontsize=10)
+    fig.colorbar(image, ax=[a for a in axes.flat[:H]], fraction=0.02, pad=0.02, label="attention weight")
+    return fig
+
+
+def plot_loss_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, ax=None,
+                     title: str | None = None, ylabel: str = "loss (nats)"):
+    """Draw one line per run: ``curves`` maps a label to ``(steps, losses)``. Returns the Axes."""
+    if ax is None:
+        ax = _new_axes((7.0, 4.0))
+    for name, (steps, losses) in curves.items():
+        steps, losses = _as_array(steps), _as_array(losses)
+        ax.plot(steps, losses, marker="." if len(steps) <= 60 else None, label=str(name))
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_distribution(probs, labels: Sequence[str], *, ax=None, title: str | None = None, top: int = 20):
+    """Bar chart of the ``top`` most likely next tokens: ``probs`` has one probability per vocabulary entry
+    and ``labels[i]`` is the text of token i (e.g. ``tokenizer.chars``). Returns the Axes."""
+    probs = _as_array(probs).reshape(-1)
+    if len(labels) != len(probs):
+        raise ValueError(f"{len(labels)} labels for {len(probs)} probabilities: pass one label per token.")
+    order = np.argsort(-probs, kind="stable")[: max(1, top)]
+    if ax is None:
+        ax = _new_axes((max(5.0, 0.4 * len(order) + 1.5), 3.5))
+    positions = np.arange(len(order))
+    ax.bar(positions, probs[order], color="tab:blue")
+    ax.set_xticks(positions)
+    ax.set_xticklabels([token_label(labels[i]) for i in order], fontsize=11, family="monospace")
+    ax.set_xlabel("next character" if all(len(str(labels[i])) <= 1 for i in order) else "next token")
+    ax.set_ylabel("probability")
+    ax.set_ylim(0, max(float(probs[order].max()) * 1.15, 1e-9))
+    ax.grid(axis="y", alpha=0.3)
+    if title:
+        ax.set_title(title)
+    return ax

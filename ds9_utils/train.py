@@ -1,0 +1,523 @@
+"""Training: random batches, the learning-rate schedule, the loop, evaluation, checkpoints and presets.
+
+The loop is nanoGPT's: sample a batch of random windows, forward, backward, clip the gradient, AdamW step,
+and every ``eval_interval`` steps measure the loss on held-out text. Losses are reported in nats (what
+cross-entropy computes) and in bits per character (``nats / ln 2``, the number used to compare compressors
+and language models; for a character tokenizer a token *is* a character).
+
+A checkpoint holds everything needed to continue a run exactly where it stopped: weights, optimizer
+moments, the step, the history and every random-number state. Training N steps, stopping and resuming to
+2N gives bit-for-bit the weights of training 2N steps straight.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from . import tokenizers
+from .model import GPT, GPTConfig
+from .settings import choose_device, quick_mode
+
+CHECKPOINT_FORMAT = "ds9_utils-checkpoint"
+CHECKPOINT_VERSION = 1
+TRAIN_HINT = "train one first with `python -m ds9_utils train`"
+
+
+@dataclass
+class TrainConfig:
+    """How to train: batch, schedule, optimizer, evaluation, seed and device."""
+
+    batch_size: int = 12
+    max_steps: int = 2000
+    max_seconds: float | None = None  # optional wall-clock bound: stop at max_steps or here, whichever first
+    learning_rate: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    lr_decay_steps: int | None = None  # None: decay over the whole run (max_steps)
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99  # a little below the usual 0.999: small batches of characters are noisy
+    grad_clip: float = 1.0  # 0 turns clipping off
+    eval_interval: int = 250
+    eval_iters: int = 20
+    seed: int = 1337
+    log_interval: int = 10
+    device: str | None = None  # None: settings.choose_device()
+    autocast: bool = True  # bfloat16 autocast on cuda; cpu and mps always train in float32
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "eval_interval", "eval_iters", "log_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps < 0 or self.warmup_steps < 0:
+            raise ValueError("TrainConfig.max_steps and warmup_steps must not be negative")
+        if not 0 <= self.min_lr <= self.learning_rate:
+            raise ValueError(f"TrainConfig.min_lr ({self.min_lr}) must be between 0 and "
+                             f"learning_rate ({self.learning_rate})")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ValueError(f"TrainConfig.max_seconds must be positive or None, got {self.max_seconds}")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named model size and training recipe that fit a given machine."""
+
+    name: str
+    description: str
+    model_kwargs: dict[str, Any]  # GPTConfig arguments except vocab_size, which comes from the tokenizer
+    train_config: TrainConfig
+
+    def gpt_config(self, vocab_size: int) -> GPTConfig:
+        return GPTConfig(vocab_size=vocab_size, **self.model_kwargs)
+
+
+PRESETS: dict[str, Preset] = {
+    "quick": Preset(
+        name="quick",
+        description="a toy model that trains in a few seconds: for tests and DS9_QUICK=1 runs",
+        model_kwargs=dict(block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0),
+        train_config=TrainConfig(batch_size=16, max_steps=200, learning_rate=3e-3, min_lr=3e-4,
+                                 warmup_steps=20, eval_interval=50, eval_iters=10, log_interval=10),
+    ),
+    "cpu": Preset(
+        name="cpu",
+        description="a good small model in about 20-30 minutes on a 2-core laptop CPU",
+        model_kwargs=dict(block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
+        train_config=TrainConfig(batch_size=32, max_steps=3000, learning_rate=2e-3, min_lr=2e-4,
+                                 warmup_steps=100, eval_interval=250, eval_iters=50),
+    ),
+    "gpu": Preset(
+        name="gpu",
+        description="nanoGPT's shakespeare-char model: 6 layers, 384 wide, a few minutes on a modern GPU",
+        model_kwargs=dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
+        train_config=TrainConfig(batch_size=64, max_steps=5000, learning_rate=1e-3, min_lr=1e-4,
+                                 warmup_steps=100, eval_interval=250, eval_iters=200),
+    ),
+}
+
+
+def default_preset(device: str | None = None) -> str:
+    """The preset that suits this run: "quick" in quick mode, "gpu" on cuda, otherwise "cpu"."""
+    if quick_mode():
+        return "quick"
+    device = device or choose_device()
+    return "gpu" if device.startswith("cuda") else "cpu"
+
+
+def set_seed(seed: int) -> None:
+    """Seed torch's global generators (CPU and every GPU), so model initialisation and dropout repeat."""
+    torch.manual_seed(seed)
+
+
+def get_batch(data: Tensor, block_size: int, batch_size: int, generator: torch.Generator | None = None,
+              device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
+    """Pick ``batch_size`` random windows of ``block_size`` tokens; the targets are the inputs shifted by one.
+
+    The indices are drawn on the CPU from ``generator``, so the same seed gives the same batches on any device.
+    """
+    if data.dim() != 1:
+        raise ValueError(f"data must be a 1-D tensor of token ids, got shape {tuple(data.shape)}")
+    if len(data) <= block_size:
+        raise ValueError(f"data has {len(data)} tokens but a window needs block_size + 1 = {block_size + 1}: "
+                         "use more text or a smaller block_size")
+    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
+    x = torch.stack([data[i:i + block_size] for i in starts])
+    y = torch.stack([data[i + 1:i + 1 + block_size] for i in starts])
+    device = torch.device(device)
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for ``step``: a linear warm-up to ``learning_rate``, then a cosine decay to ``min_lr``.
+
+    The warm-up keeps the first, badly-informed updates small while AdamW's moment estimates settle; the decay
+    lets the model settle into a minimum at the end.
+    """
+    decay_steps = cfg.max_steps if cfg.lr_decay_steps is None else cfg.lr_decay_steps
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    if step >= decay_steps:
+        return cfg.min_lr
+    progress = (step - cfg.warmup_steps) / (decay_steps - cfg.warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))  # goes from 1 to 0
+    return cfg.min_lr + cosine * (cfg.learning_rate - cfg.min_lr)
+
+
+def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW that decays only the matrices and embeddings (parameters with 2 or more dimensions).
+
+    Weight decay pulls weights towards zero; that regularises the big matrices, but for biases and LayerNorm
+    gains it would only fight the values the model needs.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=on_cuda or None)
+
+
+def _synchronize(device: str | torch.device) -> None:
+    """Wait for queued GPU work, so that a clock read afterwards measures what really ran."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _autocast(device: str | torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    device = torch.device(device)
+    if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def estimate_loss(model: torch.nn.Module, splits: dict[str, Tensor], *, eval_iters: int = 20,
+                  batch_size: int = 12, block_size: int | None = None, device: str | torch.device | None = None,
+                  seed: int = 0, autocast: bool = True) -> dict[str, float]:
+    """Mean loss (nats per token) over ``eval_iters`` random batches of each split, in eval mode.
+
+    The batches come from a generator seeded with ``seed``, so every call sees the same windows: a change
+    between two calls is the model's doing, not the sample's. Dropout is off, and no gradients are kept.
+    """
+    block_size = block_size or model.config.block_size
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    losses = {}
+    for name, data in splits.items():
+        generator = torch.Generator().manual_seed(seed)
+        total = torch.zeros((), device=device)
+        for _ in range(eval_iters):
+            x, y = get_batch(data, block_size, batch_size, generator, device)
+            with _autocast(device, autocast):
+                _, loss = model(x, y)
+            total += loss.float()
+        losses[name] = (total / eval_iters).item()
+    model.train(was_training)
+    return losses
+
+
+def bits_per_char(nats: float) -> float:
+    """Convert a loss in nats per character to bits per character."""
+    return nats / math.log(2)
+
+
+def new_history() -> dict[str, list]:
+    """An empty training history: one entry per evaluation."""
+    return {"steps": [], "train_loss": [], "val_loss": [], "lr": []}
+
+
+@dataclass
+class TrainResult:
+    """What a training run did: the loss curves and the final numbers."""
+
+    history: dict[str, list]
+    val_loss: float  # nats per token at the last evaluation
+    val_bpc: float  # the same in bits per character
+    train_loss: float
+    best_val_loss: float
+    steps: int  # optimizer steps taken in total (including those before a resume)
+    tokens_per_second: float  # training throughput of this call, evaluation excluded
+    seconds: float  # wall-clock time of this call
+    stop_reason: str  # "max_steps", "max_seconds" or "callback"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the rebuilt model (in eval mode) and what trained it."""
+
+    model: GPT
+    tokenizer: Any  # a tokenizer rebuilt with from_dict, or None when none was saved
+    step: int
+    history: dict[str, list]
+    best_val_loss: float
+    model_config: GPTConfig
+    train_config: TrainConfig
+    raw: dict[str, Any]  # everything in the file, e.g. raw["optimizer"] to continue training
+
+
+def _rng_states(generator: torch.Generator | None) -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "batches": generator.get_state() if generator is not None else None,
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _restore_rng_states(states: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(states["torch"].cpu())
+    if states["batches"] is not None:
+        generator.set_state(states["batches"].cpu())
+    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
+
+
+def save_checkpoint(path: str | Path, *, model: GPT, optimizer: torch.optim.Optimizer | None,
+                    train_config: TrainConfig, step: int, history: dict[str, list],
+                    best_val_loss: float = float("inf"), tokenizer: Any = None,
+                    generator: torch.Generator | None = None) -> Path:
+    """Write a checkpoint atomically: to a temporary file in the same folder, then renamed over ``path``.
+
+    A crash or Ctrl-C in the middle leaves the previous checkpoint untouched. Only tensors and plain
+    Python values are stored, so the file loads with ``torch.load(..., weights_only=True)``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model": model.state_dict(),
+        "model_config": asdict(model.config),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "train_config": asdict(train_config),
+        "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
+        "tokenizer_class": type(tokenizer).__name__ if tokenizer is not None else None,
+        "step": step,
+        "history": history,
+        "best_val_loss": best_val_loss,
+        "rng": _rng_states(generator),
+    }
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(state, file)
+        os.replace(temp_name, path)
+    except BaseException:
+        os.unlink(temp_name)
+        raise
+    return path
+
+
+def _read_checkpoint(path: str | Path, map_location: str | torch.device) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}: {TRAIN_HINT}, or pass the path of an existing one")
+    try:
+        raw = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises several types for a file that is not one of its archives
+        raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}): it may be truncated "
+                         f"or another kind of file; delete it and {TRAIN_HINT}") from error
+    if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is a torch file but not a ds9_utils checkpoint: {TRAIN_HINT}")
+    return raw
+
+
+def _tokenizer_from_dict(class_name: str | None, data: dict | None) -> Any:
+    if data is None:
+        return None
+    tokenizer_class = getattr(tokenizers, class_name or "CharTokenizer", None)
+    if tokenizer_class is None:
+        raise ValueError(f"the checkpoint's tokenizer class {class_name!r} is not in ds9_utils.tokenizers")
+    return tokenizer_class.from_dict(data)
+
+
+def load_checkpoint(path: str | Path, device: str | None = None) -> Checkpoint:
+    """Load a checkpoint written by ``train``: the model rebuilt from its config, on ``device``, in eval mode."""
+    device = device or choose_device()
+    raw = _read_checkpoint(path, map_location=device)
+    model_config = GPTConfig(**raw["model_config"])
+    model = GPT(model_config)
+    model.load_state_dict(raw["model"])
+    model.to(device).eval()
+    return Checkpoint(
+        model=model,
+        tokenizer=_tokenizer_from_dict(raw["tokenizer_class"], raw["tokenizer"]),
+        step=raw["step"],
+        history=raw["history"],
+        best_val_loss=raw["best_val_loss"],
+        model_config=model_config,
+        train_config=TrainConfig(**{f.name: raw["train_config"][f.name] for f in fields(TrainConfig)
+                                    if f.name in raw["train_config"]}),
+        raw=raw,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- live plot
+
+def _loss_curve_png(history: dict[str, list]) -> bytes:
+    """Draw the train and validation loss curves (nats on the left, bits per character on the right)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 3.5))
+    axes = figure.subplots()
+    axes.plot(history["steps"], history["train_loss"], marker=".", label="train")
+    axes.plot(history["steps"], history["val_loss"], marker=".", label="validation")
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss (nats per character)")
+    axes.secondary_yaxis("right", functions=(bits_per_char, lambda bits: bits * math.log(2))).set_ylabel(
+        "bits per character")
+    if history["val_loss"]:
+        latest = history["val_loss"][-1]
+        axes.set_title(f"step {history['steps'][-1]}: validation {latest:.3f} nats = {bits_per_char(latest):.3f} bpc")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    return buffer.getvalue()
+
+
+class _LiveLossPlot:
+    """Redraws the loss curves in place under a notebook cell; does nothing outside Jupyter."""
+
+    def __init__(self) -> None:
+        self.handle = None
+        try:
+            from IPython import get_ipython
+            from IPython.display import Markdown, display
+        except ImportError:
+            return
+        shell = get_ipython()
+        if shell is None or not hasattr(shell, "kernel"):  # a plain script or terminal IPython
+            return
+        self.handle = display(Markdown("*the loss curves appear after the first evaluation*"), display_id=True)
+
+    def update(self, history: dict[str, list]) -> None:
+        if self.handle is not None:
+            from IPython.display import Image
+
+            self.handle.update(Image(data=_loss_curve_png(history), format="png"))
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+def _as_token_tensor(data: Tensor | Any, name: str) -> Tensor:
+    data = torch.as_tensor(data, dtype=torch.long)
+    if data.dim() != 1:
+        raise ValueError(f"{name} must be a 1-D sequence of token ids, got shape {tuple(data.shape)}")
+    return data
+
+
+def train(model: GPT, train_data: Tensor, val_data: Tensor, cfg: TrainConfig, *, tokenizer: Any = None,
+          checkpoint_path: str | Path | None = None, resume: bool = False, progress: bool = True,
+          live_plot: bool = False,
+          callback: Callable[[int, dict[str, float]], bool | None] | None = None) -> TrainResult:
+    """Train ``model`` on ``train_data`` (1-D token ids), evaluating on ``val_data`` every ``eval_interval`` steps.
+
+    The model is moved to ``cfg.device``. With ``checkpoint_path``, a checkpoint is written after every
+    evaluation and at the end; with ``resume=True`` too, an existing checkpoint there is loaded (weights,
+    optimizer, step, history, random states) and training continues up to ``cfg.max_steps``, so an
+    interrupted run picks up where it stopped. To extend a finished run with the same schedule, set
+    ``lr_decay_steps`` explicitly. ``callback(step, metrics)`` is called after each evaluation; returning
+    True stops training. ``live_plot`` redraws the loss curves in a notebook.
+    """
+    device = cfg.device or choose_device()
+    train_data = _as_token_tensor(train_data, "train_data")
+    val_data = _as_token_tensor(val_data, "val_data")
+    block_size = model.config.block_size
+    model.to(device)
+    model.train()
+    optimizer = configure_optimizer(model, cfg)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    step, history, best_val_loss = 0, new_history(), float("inf")
+
+    if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
+        saved = _read_checkpoint(checkpoint_path, map_location="cpu")
+        if saved["model_config"] != asdict(model.config):
+            raise ValueError(f"the checkpoint at {checkpoint_path} is for a different model "
+                             f"({saved['model_config']}); build the model from that config, "
+                             "or pass resume=False to start afresh")
+        if saved["optimizer"] is None:
+            raise ValueError(f"the checkpoint at {checkpoint_path} holds no optimizer state, so training cannot "
+                             "continue exactly; pass resume=False to start afresh")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        step, history, best_val_loss = saved["step"], saved["history"], saved["best_val_loss"]
+        _restore_rng_states(saved["rng"], generator)
+
+    plot = _LiveLossPlot() if live_plot else None
+    postfix: dict[str, str] = {}
+    started = time.perf_counter()
+    eval_seconds, steps_this_call, stop_reason = 0.0, 0, "max_steps"
+
+    def evaluate() -> bool:
+        """Measure, record, checkpoint, report; return True when the callback asks to stop."""
+        nonlocal best_val_loss, eval_seconds
+        _synchronize(device)
+        eval_started = time.perf_counter()
+        losses = estimate_loss(model, {"train": train_data, "val": val_data}, eval_iters=cfg.eval_iters,
+                               batch_size=cfg.batch_size, block_size=block_size, device=device,
+                               autocast=cfg.autocast)
+        history["steps"].append(step)
+        history["train_loss"].append(losses["train"])
+        history["val_loss"].append(losses["val"])
+        history["lr"].append(lr_at(step, cfg))
+        best_val_loss = min(best_val_loss, losses["val"])
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, train_config=cfg, step=step,
+                            history=history, best_val_loss=best_val_loss, tokenizer=tokenizer,
+                            generator=generator)
+        if plot is not None:
+            plot.update(history)
+        postfix.update(val=f"{losses['val']:.3f}", bpc=f"{bits_per_char(losses['val']):.3f}")
+        bar.set_postfix(postfix)
+        eval_seconds += time.perf_counter() - eval_started
+        metrics = {"train_loss": losses["train"], "val_loss": losses["val"],
+                   "val_bpc": bits_per_char(losses["val"]), "lr": lr_at(step, cfg)}
+        return bool(callback(step, metrics)) if callback is not None else False
+
+    with tqdm(total=cfg.max_steps, initial=min(step, cfg.max_steps), disable=not progress,
+              desc="training", unit="step") as bar:
+        stop = evaluate() if not history["steps"] else False  # a fresh run starts with the untrained loss
+        if stop:
+            stop_reason = "callback"
+        while not stop and step < cfg.max_steps:
+            if cfg.max_seconds is not None and time.perf_counter() - started >= cfg.max_seconds:
+                stop_reason = "max_seconds"
+                break
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = get_batch(train_data, block_size, cfg.batch_size, generator, device)
+            with _autocast(device, cfg.autocast):
+                _, loss = model(x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            step += 1
+            steps_this_call += 1
+            bar.update(1)
+            if step % cfg.log_interval == 0:
+                postfix.update(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}")  # .item() waits for the GPU
+                bar.set_postfix(postfix)
+            if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+                if evaluate():
+                    stop, stop_reason = True, "callback"
+        if history["steps"][-1] != step:  # stopped by the clock between two evaluations
+            evaluate()
+
+    seconds = time.perf_counter() - started
+    training_seconds = seconds - eval_seconds
+    tokens = steps_this_call * cfg.batch_size * block_size
+    return TrainResult(
+        history=history,
+        val_loss=history["val_loss"][-1],
+        val_bpc=bits_per_char(history["val_loss"][-1]),
+        train_loss=history["train_loss"][-1],
+        best_val_loss=best_val_loss,
+        steps=step,
+        tokens_per_second=tokens / training_seconds if steps_this_call else 0.0,
+        seconds=seconds,
+        stop_reason=stop_reason,
+    )

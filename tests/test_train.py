@@ -1,0 +1,265 @@
+"""Tests for ds9_utils.train: schedule, batches, optimizer groups, the loop, checkpoints and exact resume.
+
+Every model here is tiny (one or two layers, 16-32 wide) so the whole file runs in seconds on a CPU.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from ds9_utils.model import GPT, GPTConfig
+from ds9_utils.tokenizers import CharTokenizer
+from ds9_utils.train import (
+    PRESETS,
+    Checkpoint,
+    TrainConfig,
+    _loss_curve_png,
+    configure_optimizer,
+    default_preset,
+    estimate_loss,
+    get_batch,
+    load_checkpoint,
+    lr_at,
+    save_checkpoint,
+    set_seed,
+    train,
+)
+
+TEXT = "Odo: I'm a changeling. Quark: And I'm a Ferengi. Sisko: Report to Ops, both of you!\n" * 12
+TOKENIZER = CharTokenizer.from_text(TEXT)
+DATA = torch.tensor(TOKENIZER.encode(TEXT), dtype=torch.long)
+TRAIN_DATA, VAL_DATA = DATA[: int(0.9 * len(DATA))], DATA[int(0.9 * len(DATA)):]
+
+
+def tiny_model(seed: int = 0, dropout: float = 0.1, vocab_size: int = TOKENIZER.vocab_size) -> GPT:
+    set_seed(seed)
+    return GPT(GPTConfig(vocab_size=vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=dropout))
+
+
+def tiny_config(**changes) -> TrainConfig:
+    settings = dict(batch_size=4, max_steps=12, learning_rate=3e-3, min_lr=3e-4, warmup_steps=2,
+                    lr_decay_steps=12, eval_interval=3, eval_iters=2, log_interval=1, device="cpu", seed=7)
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(pa, pb), f"parameter {name} differs"
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+
+def test_lr_schedule_warms_up_peaks_and_decays_to_min_lr():
+    cfg = TrainConfig(max_steps=1000, warmup_steps=100, learning_rate=1e-3, min_lr=1e-4)
+    lrs = [lr_at(step, cfg) for step in range(1200)]
+    warmup, decay = lrs[:100], lrs[100:1000]
+    assert 0 < lrs[0] < 0.02 * cfg.learning_rate
+    assert all(b > a for a, b in zip(warmup, warmup[1:])), "warm-up must rise every step"
+    assert max(lrs) == pytest.approx(cfg.learning_rate)
+    assert lrs[99] == pytest.approx(cfg.learning_rate) and lrs[100] == pytest.approx(cfg.learning_rate)
+    assert all(b <= a for a, b in zip(decay, decay[1:])), "after warm-up the rate only falls"
+    assert lrs[550] == pytest.approx((cfg.learning_rate + cfg.min_lr) / 2)  # cosine is halfway at midpoint
+    assert lrs[1000] == cfg.min_lr and lrs[1199] == cfg.min_lr
+    shorter = replace(cfg, lr_decay_steps=500)
+    assert lr_at(500, shorter) == cfg.min_lr and lr_at(499, shorter) > cfg.min_lr
+
+
+def test_get_batch_targets_are_inputs_shifted_by_one_and_seeded():
+    data = torch.arange(100)
+    x, y = get_batch(data, block_size=8, batch_size=5, generator=torch.Generator().manual_seed(1))
+    assert x.shape == y.shape == (5, 8)
+    assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], x[:, -1] + 1)
+    again, _ = get_batch(data, 8, 5, torch.Generator().manual_seed(1))
+    other, _ = get_batch(data, 8, 5, torch.Generator().manual_seed(2))
+    assert torch.equal(x, again) and not torch.equal(x, other)
+    with pytest.raises(ValueError, match="smaller block_size"):
+        get_batch(torch.arange(8), block_size=8, batch_size=1)
+
+
+def test_weight_decay_applies_to_matrices_only():
+    model = tiny_model()
+    optimizer = configure_optimizer(model, TrainConfig(weight_decay=0.1))
+    decayed, not_decayed = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.1 and not_decayed["weight_decay"] == 0.0
+    assert decayed["params"] and all(p.dim() >= 2 for p in decayed["params"])
+    assert not_decayed["params"] and all(p.dim() < 2 for p in not_decayed["params"])
+    layer_norm_weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert layer_norm_weights and all(any(w is p for p in not_decayed["params"]) for w in layer_norm_weights)
+    in_groups = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert in_groups == {id(p) for p in model.parameters()}, "every parameter is in exactly one group"
+
+
+def test_estimate_loss_is_repeatable_and_restores_training_mode():
+    model = tiny_model()
+    model.train()
+    first = estimate_loss(model, {"train": TRAIN_DATA, "val": VAL_DATA}, eval_iters=3, batch_size=4)
+    second = estimate_loss(model, {"train": TRAIN_DATA, "val": VAL_DATA}, eval_iters=3, batch_size=4)
+    assert first == second, "dropout must be off and the batches fixed"
+    assert model.training
+    assert first["val"] == pytest.approx(math.log(TOKENIZER.vocab_size), rel=0.2)  # untrained: near uniform
+
+
+def test_presets_build_configs_and_default_follows_device(monkeypatch):
+    for name, preset in PRESETS.items():
+        assert preset.name == name
+        config = preset.gpt_config(vocab_size=80)
+        assert config.vocab_size == 80 and config.n_embd % config.n_head == 0
+    assert PRESETS["gpu"].model_kwargs["n_embd"] == 384 and PRESETS["gpu"].train_config.max_steps == 5000
+    monkeypatch.delenv("DS9_QUICK", raising=False)
+    assert default_preset("cuda") == "gpu" and default_preset("cpu") == "cpu" and default_preset("mps") == "cpu"
+    monkeypatch.setenv("DS9_QUICK", "1")
+    assert default_preset("cuda") == "quick"
+
+
+def test_train_config_rejects_nonsense():
+    with pytest.raises(ValueError, match="min_lr"):
+        TrainConfig(learning_rate=1e-4, min_lr=1e-3)
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+def test_loss_decreases_on_a_learnable_sequence():
+    cycle = torch.arange(6).repeat(200)  # 0 1 2 3 4 5 0 1 ...: the next token is always predictable
+    model = tiny_model(dropout=0.0, vocab_size=6)
+    cfg = tiny_config(max_steps=80, lr_decay_steps=None, learning_rate=1e-2, min_lr=1e-3, warmup_steps=5,
+                      batch_size=8, eval_interval=40, eval_iters=4)
+    result = train(model, cycle, cycle, cfg, progress=False)
+    assert result.history["steps"] == [0, 40, 80]
+    assert result.history["val_loss"][0] > 1.4  # ln 6 = 1.79 before training
+    assert result.val_loss < 0.2, result.history
+    assert result.val_bpc == pytest.approx(result.val_loss / math.log(2))
+    assert result.steps == 80 and result.stop_reason == "max_steps" and result.tokens_per_second > 0
+    json.dumps(result.to_dict())  # plain values only
+
+
+def test_max_seconds_stops_training_early():
+    cfg = tiny_config(max_steps=1_000_000, lr_decay_steps=None, max_seconds=0.5, eval_interval=100_000)
+    result = train(tiny_model(), TRAIN_DATA, VAL_DATA, cfg, progress=False, live_plot=True)
+    assert result.stop_reason == "max_seconds"
+    assert 0 < result.steps < 1_000_000 and result.seconds < 10
+    assert result.history["steps"] == [0, result.steps], "the run still ends with an evaluation"
+
+
+def test_callback_sees_every_evaluation_and_can_stop():
+    seen = []
+
+    def stop_at_six(step, metrics):
+        seen.append((step, metrics["val_bpc"]))
+        return step >= 6
+
+    result = train(tiny_model(), TRAIN_DATA, VAL_DATA, tiny_config(), progress=False, callback=stop_at_six)
+    assert [step for step, _ in seen] == [0, 3, 6]
+    assert result.steps == 6 and result.stop_reason == "callback"
+
+
+def test_loss_curve_png_is_drawn():
+    history = {"steps": [0, 10], "train_loss": [4.0, 2.5], "val_loss": [4.1, 2.7], "lr": [1e-4, 1e-3]}
+    assert _loss_curve_png(history).startswith(b"\x89PNG")
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    model = tiny_model()
+    result = train(model, TRAIN_DATA, VAL_DATA, tiny_config(max_steps=6), tokenizer=TOKENIZER,
+                   checkpoint_path=path, progress=False)
+    raw = torch.load(path, map_location="cpu", weights_only=True)  # plain data only: safe loading works
+    assert raw["step"] == 6
+    loaded = load_checkpoint(path, device="cpu")
+    assert isinstance(loaded, Checkpoint)
+    assert loaded.step == 6 and loaded.history == result.history and loaded.model_config == model.config
+    assert loaded.train_config == tiny_config(max_steps=6)
+    assert loaded.tokenizer.decode(loaded.tokenizer.encode("Quark")) == "Quark"
+    assert loaded.tokenizer.vocab_size == TOKENIZER.vocab_size
+    assert not loaded.model.training
+    model.eval()
+    x, _ = get_batch(VAL_DATA, 8, 3, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(x)[0], loaded.model(x)[0])
+
+
+def test_checkpoint_writes_are_atomic(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    model = tiny_model()
+    train(model, TRAIN_DATA, VAL_DATA, tiny_config(max_steps=4), checkpoint_path=path, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"], "no temporary files are left behind"
+    unpicklable = {"steps": [(n for n in range(3))]}  # a generator cannot be saved: the write fails midway
+    with pytest.raises(Exception):
+        save_checkpoint(path, model=model, optimizer=None, train_config=tiny_config(), step=99,
+                        history=unpicklable)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+    assert load_checkpoint(path, device="cpu").step == 4, "the previous checkpoint is intact"
+
+
+def test_missing_or_foreign_checkpoint_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m ds9_utils train"):
+        load_checkpoint(tmp_path / "nothing.pt", device="cpu")
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="python -m ds9_utils train"):
+        load_checkpoint(tmp_path / "notes.pt", device="cpu")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a ds9_utils checkpoint"):
+        load_checkpoint(tmp_path / "other.pt", device="cpu")
+
+
+# ---------------------------------------------------------------------------------------------- resume
+
+@pytest.fixture(scope="module")
+def straight_run():
+    """12 steps in one go, with dropout on, so the global random state matters too."""
+    model = tiny_model(seed=0)
+    result = train(model, TRAIN_DATA, VAL_DATA, tiny_config(max_steps=12), progress=False)
+    return model, result
+
+
+def test_resume_gives_exactly_the_weights_of_a_straight_run(tmp_path, straight_run):
+    straight_model, straight_result = straight_run
+    path = tmp_path / "ckpt.pt"
+    train(tiny_model(seed=0), TRAIN_DATA, VAL_DATA, tiny_config(max_steps=6), checkpoint_path=path,
+          progress=False)
+    torch.manual_seed(12345)  # whatever happened to the global generator in between is undone by the resume
+    resumed_model = tiny_model(seed=99)  # the resume replaces these weights
+    result = train(resumed_model, TRAIN_DATA, VAL_DATA, tiny_config(max_steps=12), checkpoint_path=path,
+                   resume=True, progress=False)
+    assert result.steps == 12
+    assert_same_weights(straight_model, resumed_model)
+    assert result.history == straight_result.history
+
+
+def test_interrupted_run_keeps_its_checkpoint_and_resumes_exactly(tmp_path, straight_run):
+    straight_model, _ = straight_run
+    path = tmp_path / "ckpt.pt"
+
+    def interrupt_at_nine(step, metrics):
+        if step == 9:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_model(seed=0), TRAIN_DATA, VAL_DATA, tiny_config(), checkpoint_path=path, progress=False,
+              callback=interrupt_at_nine)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+    assert load_checkpoint(path, device="cpu").step == 9
+    resumed_model = tiny_model(seed=0)
+    train(resumed_model, TRAIN_DATA, VAL_DATA, tiny_config(), checkpoint_path=path, resume=True, progress=False)
+    assert_same_weights(straight_model, resumed_model)
+
+
+def test_resume_without_a_checkpoint_starts_fresh_and_rejects_another_model(tmp_path, straight_run):
+    straight_model, _ = straight_run
+    path = tmp_path / "ckpt.pt"
+    fresh = tiny_model(seed=0)
+    result = train(fresh, TRAIN_DATA, VAL_DATA, tiny_config(), checkpoint_path=path, resume=True,
+                   progress=False)
+    assert result.history["steps"][0] == 0
+    assert_same_weights(straight_model, fresh)
+    wider = GPT(GPTConfig(vocab_size=TOKENIZER.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=32))
+    with pytest.raises(ValueError, match="different model"):
+        train(wider, TRAIN_DATA, VAL_DATA, tiny_config(), checkpoint_path=path, resume=True, progress=False)
