@@ -90,12 +90,20 @@ PRESETS: dict[str, Preset] = {
         train_config=TrainConfig(batch_size=16, max_steps=200, learning_rate=3e-3, min_lr=3e-4,
                                  warmup_steps=20, eval_interval=50, eval_iters=10, log_interval=10),
     ),
+    "small": Preset(
+        name="small",
+        description="the cpu model's shape trained for a few minutes: what a chapter trains when notebook 09's "
+                    "model is missing",
+        model_kwargs=dict(block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
+        train_config=TrainConfig(batch_size=32, max_steps=600, learning_rate=2e-3, min_lr=2e-4,
+                                 warmup_steps=50, eval_interval=100, eval_iters=20),
+    ),
     "cpu": Preset(
         name="cpu",
-        description="a good small model in about 20-30 minutes on a 2-core laptop CPU",
-        model_kwargs=dict(block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
-        train_config=TrainConfig(batch_size=32, max_steps=3000, learning_rate=2e-3, min_lr=2e-4,
-                                 warmup_steps=100, eval_interval=250, eval_iters=50),
+        description="the course model: a good small model in about 20-30 minutes on a 2-core laptop CPU",
+        model_kwargs=dict(block_size=128, n_layer=4, n_head=4, n_embd=192, dropout=0.0),
+        train_config=TrainConfig(batch_size=32, max_steps=4000, learning_rate=2e-3, min_lr=2e-4,
+                                 warmup_steps=100, eval_interval=250, eval_iters=40),
     ),
     "gpu": Preset(
         name="gpu",

@@ -1,21 +1,26 @@
 """Test set-up: quick mode, a private data folder, and the site's mirror served on 127.0.0.1.
 
-This runs before any test or notebook, so the notebooks that nbval executes inherit the same environment
-(Jupyter kernels start with a copy of ours): they download from the loopback mirror into a temporary data
-folder, exactly as a user's run downloads from the real site.
+It lives at the project's root so that it applies however pytest is started (``pytest``, ``pytest tests``,
+``pytest notebooks/05_self_attention_from_scratch.ipynb``). It runs before any test or notebook, so the
+notebooks that nbval executes inherit the same environment (Jupyter kernels start with a copy of ours):
+they download from the loopback mirror into a temporary data folder, exactly as a user's run downloads
+from the real site.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from servers import serve_folder
+PROJECT_ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(PROJECT_ROOT / "tests"))  # the loopback servers the tests share
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from servers import serve_folder  # noqa: E402
+
 MIRROR = Path(os.environ.get("DS9_MIRROR", PROJECT_ROOT.parent / "shared" / "chakoteya")).resolve()
 MIRROR_MISSING = f"the site's mirror is not at {MIRROR} (set DS9_MIRROR to a copy of chakoteya.net's pages)"
 
