@@ -1,4 +1,4 @@
-"""The figures the notebooks share: attention maps, loss curves and next-character distributions.
+"""The figures the notebooks share: attention maps, matrices, loss curves and next-character distributions.
 
 Every function draws into a matplotlib Axes (a new figure when ``ax`` is None) and returns it (the grid
 returns its Figure), so a notebook can add to the picture before it is shown. Nothing here calls
@@ -126,6 +126,33 @@ def plot_attention_grid(weights, tokens: str | Sequence[str], *, titles: Sequenc
         ax.set_title(titles[index] if titles is not None else f"head {index}", fontsize=10)
     fig.colorbar(image, ax=[a for a in axes.flat[:H]], fraction=0.02, pad=0.02, label="attention weight")
     return fig
+
+
+def plot_matrix(values, *, ax=None, title: str | None = None, xlabel: str | None = None,
+                ylabel: str | None = None, centered: bool = False, colorbar_label: str | None = None):
+    """Draw any 2-D table of numbers as a heat map (row 0 at the top), e.g. a position table or a
+    similarity matrix. ``centered`` uses a diverging colour scale symmetric around 0, so that positive and
+    negative values look alike in strength. Returns the Axes."""
+    values = _as_array(values)
+    if values.ndim != 2:
+        raise ValueError(f"plot_matrix wants a 2-D table, got shape {values.shape}.")
+    if ax is None:
+        rows, cols = values.shape
+        width = min(10.0, max(4.0, 0.08 * cols + 3.0))
+        ax = _new_axes((width + 1.0, min(8.0, max(3.0, width * rows / max(cols, 1)))))
+    if centered:
+        limit = max(float(np.abs(values).max()), 1e-9)
+        image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest", aspect="auto")
+    else:
+        image = ax.imshow(values, cmap="viridis", interpolation="nearest", aspect="auto")
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label=colorbar_label or "")
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    return ax
 
 
 def plot_loss_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, ax=None,

@@ -15,6 +15,7 @@ from ds9_utils.plots import (  # noqa: E402
     plot_attention_grid,
     plot_distribution,
     plot_loss_curves,
+    plot_matrix,
     token_label,
 )
 
@@ -115,3 +116,19 @@ def test_plot_distribution_shows_the_top_tokens_in_order():
     assert ax.get_ylabel() == "probability" and ax.get_xlabel() == "next character"
     with pytest.raises(ValueError, match="labels"):
         plot_distribution(probs, labels[:3])
+
+
+def test_plot_matrix_draws_the_table_with_a_colour_scale():
+    table = torch.linspace(-2.0, 1.0, 12).reshape(3, 4)
+    ax = plot_matrix(table, title="positions", xlabel="dimension", ylabel="position", colorbar_label="value")
+    assert ax.images[0].get_array().shape == (3, 4)
+    assert np.allclose(ax.images[0].get_array(), table.numpy())
+    assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == ("positions", "dimension", "position")
+    assert sum(a.get_label() == "<colorbar>" for a in ax.figure.axes) == 1
+
+
+def test_plot_matrix_centered_scale_is_symmetric_around_zero():
+    ax = plot_matrix(np.array([[-0.5, 2.0], [0.0, 1.0]]), centered=True)
+    assert ax.images[0].get_clim() == (-2.0, 2.0)
+    with pytest.raises(ValueError, match="2-D"):
+        plot_matrix(np.zeros(3))
