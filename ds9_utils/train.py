@@ -8,6 +8,10 @@ and language models; for a character tokenizer a token *is* a character).
 A checkpoint holds everything needed to continue a run exactly where it stopped: weights, optimizer
 moments, the step, the history and every random-number state. Training N steps, stopping and resuming to
 2N gives bit-for-bit the weights of training 2N steps straight.
+
+The same loop also runs as one of several processes that train together (data parallelism): it asks a
+``SingleProcess`` object, which does nothing here, and ``ds9_utils.distributed.DataParallel`` replaces it
+under ``torchrun``.
 """
 from __future__ import annotations
 
@@ -123,16 +127,50 @@ def default_preset(device: str | None = None) -> str:
     return "gpu" if device.startswith("cuda") else "cpu"
 
 
+class SingleProcess:
+    """How the loop shares its work with copies of itself in other processes; this one is alone.
+
+    ``ds9_utils.distributed.DataParallel`` overrides these methods so that every process (a *rank*) trains
+    the same model on its own rows of each batch and the processes stay in step; see that module.
+    """
+
+    rank = 0
+    world_size = 1
+
+    @property
+    def is_main(self) -> bool:
+        """The process that writes checkpoints, draws plots and shows progress."""
+        return self.rank == 0
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module the training step calls (a data-parallel wrapper that averages gradients, or the model)."""
+        return model
+
+    def rows(self, batch_size: int) -> slice:
+        """This process's rows of a batch of ``batch_size``."""
+        return slice(0, batch_size)
+
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        """The average of ``values`` over all processes (each measured on its own rows)."""
+        return values
+
+    def any(self, flag: bool) -> bool:
+        """True when any process says True: every process then takes the same decision, e.g. to stop."""
+        return flag
+
+
 def set_seed(seed: int) -> None:
     """Seed torch's global generators (CPU and every GPU), so model initialisation and dropout repeat."""
     torch.manual_seed(seed)
 
 
 def get_batch(data: Tensor, block_size: int, batch_size: int, generator: torch.Generator | None = None,
-              device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
+              device: str | torch.device = "cpu", rows: slice | None = None) -> tuple[Tensor, Tensor]:
     """Pick ``batch_size`` random windows of ``block_size`` tokens; the targets are the inputs shifted by one.
 
     The indices are drawn on the CPU from ``generator``, so the same seed gives the same batches on any device.
+    ``rows`` keeps only those rows of the batch (a data-parallel process's share): all ``batch_size``
+    indices are still drawn, so processes that share a seed stay in step and together read the whole batch.
     """
     if data.dim() != 1:
         raise ValueError(f"data must be a 1-D tensor of token ids, got shape {tuple(data.shape)}")
@@ -140,6 +178,8 @@ def get_batch(data: Tensor, block_size: int, batch_size: int, generator: torch.G
         raise ValueError(f"data has {len(data)} tokens but a window needs block_size + 1 = {block_size + 1}: "
                          "use more text or a smaller block_size")
     starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
+    if rows is not None:
+        starts = starts[rows]
     x = torch.stack([data[i:i + block_size] for i in starts])
     y = torch.stack([data[i + 1:i + 1 + block_size] for i in starts])
     device = torch.device(device)
@@ -195,11 +235,12 @@ def _autocast(device: str | torch.device, enabled: bool) -> contextlib.AbstractC
 @torch.no_grad()
 def estimate_loss(model: torch.nn.Module, splits: dict[str, Tensor], *, eval_iters: int = 20,
                   batch_size: int = 12, block_size: int | None = None, device: str | torch.device | None = None,
-                  seed: int = 0, autocast: bool = True) -> dict[str, float]:
+                  seed: int = 0, autocast: bool = True, rows: slice | None = None) -> dict[str, float]:
     """Mean loss (nats per token) over ``eval_iters`` random batches of each split, in eval mode.
 
     The batches come from a generator seeded with ``seed``, so every call sees the same windows: a change
     between two calls is the model's doing, not the sample's. Dropout is off, and no gradients are kept.
+    ``rows`` measures only those rows of each batch (see ``get_batch``).
     """
     block_size = block_size or model.config.block_size
     device = device or next(model.parameters()).device
@@ -210,7 +251,7 @@ def estimate_loss(model: torch.nn.Module, splits: dict[str, Tensor], *, eval_ite
         generator = torch.Generator().manual_seed(seed)
         total = torch.zeros((), device=device)
         for _ in range(eval_iters):
-            x, y = get_batch(data, block_size, batch_size, generator, device)
+            x, y = get_batch(data, block_size, batch_size, generator, device, rows)
             with _autocast(device, autocast):
                 _, loss = model(x, y)
             total += loss.float()
@@ -418,7 +459,8 @@ def _as_token_tensor(data: Tensor | Any, name: str) -> Tensor:
 def train(model: GPT, train_data: Tensor, val_data: Tensor, cfg: TrainConfig, *, tokenizer: Any = None,
           checkpoint_path: str | Path | None = None, resume: bool = False, progress: bool = True,
           live_plot: bool = False,
-          callback: Callable[[int, dict[str, float]], bool | None] | None = None) -> TrainResult:
+          callback: Callable[[int, dict[str, float]], bool | None] | None = None,
+          parallel: SingleProcess | None = None) -> TrainResult:
     """Train ``model`` on ``train_data`` (1-D token ids), evaluating on ``val_data`` every ``eval_interval`` steps.
 
     The model is moved to ``cfg.device``. With ``checkpoint_path``, a checkpoint is written after every
@@ -427,7 +469,15 @@ def train(model: GPT, train_data: Tensor, val_data: Tensor, cfg: TrainConfig, *,
     interrupted run picks up where it stopped. To extend a finished run with the same schedule, set
     ``lr_decay_steps`` explicitly. ``callback(step, metrics)`` is called after each evaluation; returning
     True stops training. ``live_plot`` redraws the loss curves in a notebook.
+
+    ``parallel`` runs this call as one of several processes training together (see
+    ``ds9_utils.distributed``): ``cfg.batch_size`` is then the global batch, split evenly between them; only
+    the main process writes checkpoints, draws the plot, shows progress and calls ``callback``.
     """
+    parallel = parallel or SingleProcess()
+    if cfg.batch_size % parallel.world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} cannot be split evenly between {parallel.world_size} "
+                         "processes: make it a multiple of the number of processes")
     device = cfg.device or choose_device()
     train_data = _as_token_tensor(train_data, "train_data")
     val_data = _as_token_tensor(val_data, "val_data")
@@ -452,7 +502,9 @@ def train(model: GPT, train_data: Tensor, val_data: Tensor, cfg: TrainConfig, *,
         step, history, best_val_loss = saved["step"], saved["history"], saved["best_val_loss"]
         _restore_rng_states(saved["rng"], generator)
 
-    plot = _LiveLossPlot() if live_plot else None
+    network = parallel.wrap(model)  # what the training step calls; evaluation uses the model itself
+    rows = parallel.rows(cfg.batch_size)
+    plot = _LiveLossPlot() if live_plot and parallel.is_main else None
     postfix: dict[str, str] = {}
     started = time.perf_counter()
     eval_seconds, steps_this_call, stop_reason = 0.0, 0, "max_steps"
@@ -464,13 +516,14 @@ def train(model: GPT, train_data: Tensor, val_data: Tensor, cfg: TrainConfig, *,
         eval_started = time.perf_counter()
         losses = estimate_loss(model, {"train": train_data, "val": val_data}, eval_iters=cfg.eval_iters,
                                batch_size=cfg.batch_size, block_size=block_size, device=device,
-                               autocast=cfg.autocast)
+                               autocast=cfg.autocast, rows=rows)
+        losses = parallel.mean(losses)
         history["steps"].append(step)
         history["train_loss"].append(losses["train"])
         history["val_loss"].append(losses["val"])
         history["lr"].append(lr_at(step, cfg))
         best_val_loss = min(best_val_loss, losses["val"])
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and parallel.is_main:
             save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, train_config=cfg, step=step,
                             history=history, best_val_loss=best_val_loss, tokenizer=tokenizer,
                             generator=generator)
@@ -481,23 +534,24 @@ def train(model: GPT, train_data: Tensor, val_data: Tensor, cfg: TrainConfig, *,
         eval_seconds += time.perf_counter() - eval_started
         metrics = {"train_loss": losses["train"], "val_loss": losses["val"],
                    "val_bpc": bits_per_char(losses["val"]), "lr": lr_at(step, cfg)}
-        return bool(callback(step, metrics)) if callback is not None else False
+        wants_stop = callback is not None and parallel.is_main and bool(callback(step, metrics))
+        return parallel.any(wants_stop)
 
-    with tqdm(total=cfg.max_steps, initial=min(step, cfg.max_steps), disable=not progress,
+    with tqdm(total=cfg.max_steps, initial=min(step, cfg.max_steps), disable=not (progress and parallel.is_main),
               desc="training", unit="step") as bar:
         stop = evaluate() if not history["steps"] else False  # a fresh run starts with the untrained loss
         if stop:
             stop_reason = "callback"
         while not stop and step < cfg.max_steps:
-            if cfg.max_seconds is not None and time.perf_counter() - started >= cfg.max_seconds:
+            if cfg.max_seconds is not None and parallel.any(time.perf_counter() - started >= cfg.max_seconds):
                 stop_reason = "max_seconds"
                 break
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x, y = get_batch(train_data, block_size, cfg.batch_size, generator, device)
+            x, y = get_batch(train_data, block_size, cfg.batch_size, generator, device, rows)
             with _autocast(device, cfg.autocast):
-                _, loss = model(x, y)
+                _, loss = network(x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:

@@ -16,6 +16,7 @@ from ds9_utils.tokenizers import CharTokenizer
 from ds9_utils.train import (
     PRESETS,
     Checkpoint,
+    SingleProcess,
     TrainConfig,
     _loss_curve_png,
     configure_optimizer,
@@ -140,7 +141,7 @@ def test_loss_decreases_on_a_learnable_sequence():
 
 
 def test_max_seconds_stops_training_early():
-    cfg = tiny_config(max_steps=1_000_000, lr_decay_steps=None, max_seconds=0.5, eval_interval=100_000)
+    cfg = tiny_config(max_steps=1_000_000, lr_decay_steps=None, max_seconds=2.0, eval_interval=100_000)
     result = train(tiny_model(), TRAIN_DATA, VAL_DATA, cfg, progress=False, live_plot=True)
     assert result.stop_reason == "max_seconds"
     assert 0 < result.steps < 1_000_000 and result.seconds < 10
@@ -157,6 +158,34 @@ def test_callback_sees_every_evaluation_and_can_stop():
     result = train(tiny_model(), TRAIN_DATA, VAL_DATA, tiny_config(), progress=False, callback=stop_at_six)
     assert [step for step, _ in seen] == [0, 3, 6]
     assert result.steps == 6 and result.stop_reason == "callback"
+
+
+class QuietRank(SingleProcess):
+    """A process that is not the main one: it trains like any other but must not write, plot or call back."""
+
+    rank = 1
+    world_size = 2
+
+
+def test_only_the_main_process_checkpoints_and_calls_back(tmp_path):
+    calls = []
+    model = tiny_model(dropout=0.0)
+    train(model, TRAIN_DATA, VAL_DATA, tiny_config(), checkpoint_path=tmp_path / "ckpt.pt", progress=False,
+          callback=lambda step, metrics: calls.append(step), parallel=QuietRank())
+    assert not (tmp_path / "ckpt.pt").exists() and calls == []
+    main = tiny_model(dropout=0.0)
+    train(main, TRAIN_DATA, VAL_DATA, tiny_config(), checkpoint_path=tmp_path / "ckpt.pt", progress=False,
+          callback=lambda step, metrics: calls.append(step), parallel=SingleProcess())
+    assert (tmp_path / "ckpt.pt").exists() and calls == [0, 3, 6, 9, 12]
+
+
+def test_get_batch_rows_keep_one_share_of_the_same_draw():
+    x, y = get_batch(DATA, 8, 6, torch.Generator().manual_seed(5))
+    share_x, share_y = get_batch(DATA, 8, 6, torch.Generator().manual_seed(5), rows=slice(3, 6))
+    assert torch.equal(share_x, x[3:]) and torch.equal(share_y, y[3:])
+    assert SingleProcess().rows(6) == slice(0, 6)
+    with pytest.raises(ValueError, match="multiple of the number of processes"):
+        train(tiny_model(), TRAIN_DATA, VAL_DATA, tiny_config(batch_size=5), parallel=QuietRank(), progress=False)
 
 
 def test_loss_curve_png_is_drawn():

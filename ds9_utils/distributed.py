@@ -1,0 +1,208 @@
+"""Data parallelism: several processes train one model together, each reading its own share of every batch.
+
+This is how training scales out past one machine's worth of speed, with PyTorch's own engine rather than
+code of ours. ``torchrun`` starts one process per worker (a *rank*) and tells each its number; they find
+each other through a rendezvous address and open a *process group* over a communication backend: gloo on
+CPUs, NCCL between GPUs. Then every rank runs the ordinary loop of ``ds9_utils.train`` with three changes:
+
+1. Every rank builds the same model; ``DistributedDataParallel`` (DDP) copies rank 0's weights to the others
+   and, during each backward pass, averages the gradients of all ranks (an *all-reduce*). Every rank then
+   applies the same average, so the copies stay identical without ever sending weights again.
+2. Every rank draws the same random batch of ``batch_size`` windows (same seed) but reads only its own
+   ``batch_size / world_size`` rows. The average of the ranks' gradients is the gradient of the whole
+   batch, so N ranks take the same step one process would take on the whole batch: the same model,
+   computed N times faster (when the ranks really run in parallel), up to the order of floating-point sums.
+3. Evaluation is shared the same way and its losses averaged; only rank 0 writes the checkpoint and the log
+   and shows progress, so the ranks never write over each other.
+
+Run it:
+
+    torchrun --standalone --nproc_per_node 2 -m ds9_utils.distributed --preset quick --max-steps 50 --out runs/ddp
+
+(``python -m torch.distributed.run`` is the same launcher; ``--standalone`` finds a free local port, so two
+runs on one machine do not collide.) Without torchrun the command trains in one process: the reference a
+data-parallel run must match.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from .course import CourseData, load_course_data, text_data
+from .model import GPT
+from .settings import choose_device
+from .train import PRESETS, SingleProcess, TrainConfig, TrainResult, set_seed, train
+
+CHECKPOINT_NAME = "model.pt"
+LOG_NAME = "log.jsonl"
+
+
+class DataParallel(SingleProcess):
+    """One rank of a data-parallel run: what ``train`` asks, answered with collective operations.
+
+    Make it with ``process_group()``, which opens the process group first.
+    """
+
+    def __init__(self, rank: int, world_size: int, device: str):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not between 0 and world_size - 1 = {world_size - 1}")
+        self.rank = rank
+        self.world_size = world_size
+        self.device = device
+
+    def wrap(self, model: torch.nn.Module) -> DistributedDataParallel:
+        """DDP: broadcasts rank 0's weights now, averages the gradients during every backward pass."""
+        device = torch.device(self.device)
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def rows(self, batch_size: int) -> slice:
+        """Rows ``rank * share`` to ``(rank + 1) * share`` of the batch, ``share = batch_size / world_size``."""
+        if batch_size % self.world_size:
+            raise ValueError(f"batch_size {batch_size} cannot be split evenly between {self.world_size} ranks: "
+                             "make it a multiple of the number of processes")
+        share = batch_size // self.world_size
+        return slice(self.rank * share, (self.rank + 1) * share)
+
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        names = sorted(values)
+        summed = torch.tensor([values[name] for name in names], dtype=torch.float64, device=self.device)
+        dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+        return dict(zip(names, (summed / self.world_size).tolist()))
+
+    def any(self, flag: bool) -> bool:
+        votes = torch.tensor([int(flag)], device=self.device)
+        dist.all_reduce(votes, op=dist.ReduceOp.MAX)
+        return bool(votes.item())
+
+
+def launched_by_torchrun() -> bool:
+    """True inside a process started by torchrun (it sets RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR/PORT)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+@contextlib.contextmanager
+def process_group(device: str | None = None) -> Iterator[SingleProcess]:
+    """Join the run torchrun started, and leave it at the end: ``with process_group() as parallel: ...``.
+
+    Outside torchrun this yields a plain ``SingleProcess``. On CUDA each rank takes the GPU numbered by its
+    LOCAL_RANK and talks over NCCL; on anything else the ranks work on the CPU and talk over gloo.
+    """
+    if not launched_by_torchrun():
+        yield SingleProcess()
+        return
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if (device or choose_device()).startswith("cuda"):
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK {local_rank} has no GPU ({torch.cuda.device_count()} visible): start at "
+                             "most one process per GPU with --nproc_per_node")
+        device, backend = f"cuda:{local_rank}", "nccl"
+        torch.cuda.set_device(local_rank)
+    else:
+        device, backend = "cpu", "gloo"
+    dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    try:
+        yield DataParallel(rank, world_size, device)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_config(preset: str, max_steps: int | None = None, device: str = "cpu") -> TrainConfig:
+    """A preset's training recipe, cut to ``max_steps``: the learning-rate schedule still spans the preset's
+    steps (as ``course.train_course_model`` does), so a short run is the start of the full one."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    recipe = PRESETS[preset].train_config
+    config = replace(recipe, device=device, lr_decay_steps=recipe.lr_decay_steps or recipe.max_steps)
+    if max_steps is not None:
+        if max_steps < 0:
+            raise ValueError(f"max_steps must not be negative, got {max_steps}")
+        config = replace(config, max_steps=max_steps)
+    return config
+
+
+def train_preset(data: CourseData, preset: str, out: Path, *, parallel: SingleProcess | None = None,
+                 max_steps: int | None = None, resume: bool = False, progress: bool = True) -> tuple[GPT, TrainResult]:
+    """Train a preset's model on ``data`` as one rank of ``parallel`` (or alone), checkpointing to ``out``.
+
+    Rank 0 writes ``out/model.pt`` (the usual checkpoint, loadable with ``train.load_checkpoint``) and
+    ``out/log.jsonl`` (one line per evaluation); the other ranks write nothing.
+    """
+    parallel = parallel or SingleProcess()
+    device = getattr(parallel, "device", None) or choose_device()
+    config = run_config(preset, max_steps, device)
+    set_seed(config.seed)
+    model = GPT(PRESETS[preset].gpt_config(data.tokenizer.vocab_size))  # the same weights on every rank
+    set_seed(config.seed + parallel.rank)  # but each rank its own dropout masks, like the rows of one batch
+    log_path = Path(out) / LOG_NAME
+    if parallel.is_main:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            log_path.write_text("")
+
+    def log(step: int, metrics: dict[str, float]) -> None:  # called on rank 0 only
+        with log_path.open("a") as file:
+            file.write(json.dumps({"step": step, "world_size": parallel.world_size, **metrics}) + "\n")
+
+    result = train(model, data.train, data.val, config, tokenizer=data.tokenizer,
+                   checkpoint_path=Path(out) / CHECKPOINT_NAME, resume=resume, progress=progress,
+                   callback=log, parallel=parallel)
+    return model, result
+
+
+def _load_data(text_file: Path | None) -> CourseData:
+    """Every rank reads the data itself; the corpus must already be built (`python -m ds9_utils corpus`), so
+    that the ranks never download or build it at the same time."""
+    if text_file is None:
+        return load_course_data()
+    if not text_file.is_file():
+        raise FileNotFoundError(f"--text {text_file}: no such file; pass a UTF-8 text file to train on")
+    return text_data(text_file.read_text(encoding="utf-8"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="torchrun --nproc_per_node N -m ds9_utils.distributed",
+        description="Train a preset's GPT with DistributedDataParallel, one process per rank.")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    parser.add_argument("--max-steps", type=int, help="stop after this many steps (default: the preset's)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for model.pt and log.jsonl (rank 0)")
+    parser.add_argument("--text", type=Path, help="train on this UTF-8 file, split 90/10, instead of the DS9 corpus")
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    parser.add_argument("--device", help="cpu or cuda (default: settings.choose_device)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if (args.out / CHECKPOINT_NAME).exists() and not args.resume:
+            raise FileExistsError(f"{args.out / CHECKPOINT_NAME} already exists: pass --resume to continue "
+                                  "that run, or another --out")
+        data = _load_data(args.text)
+        with process_group(args.device) as parallel:
+            _, result = train_preset(data, args.preset, args.out, parallel=parallel, max_steps=args.max_steps,
+                                     resume=args.resume)
+            if parallel.is_main:
+                summary = {key: value for key, value in result.to_dict().items() if key != "history"}
+                backend = dist.get_backend() if dist.is_initialized() else None
+                print(json.dumps({"world_size": parallel.world_size, "backend": backend, **summary,
+                                  "checkpoint": str(args.out / CHECKPOINT_NAME)}))
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
