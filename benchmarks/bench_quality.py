@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
+from ds9_utils.course import CourseData, load_course_data, text_data
 from ds9_utils.model import GPT, GPTConfig
 from ds9_utils.settings import choose_device
-from ds9_utils.tokenizers import CharTokenizer
 from ds9_utils.train import PRESETS, TrainConfig, configure_optimizer, get_batch, set_seed, train
 
 NANOGPT_REFERENCE = "nanoGPT, same config, tiny Shakespeare, 2000 steps: val loss 1.88 nats (2.71 bpc)"
@@ -32,17 +32,13 @@ SMALL_TRAINING = TrainConfig(batch_size=12, learning_rate=1e-3, min_lr=1e-4, war
                              weight_decay=0.1, grad_clip=1.0, eval_iters=100, log_interval=10)
 
 
-def load_texts(text_file: Path | None) -> tuple[str, str, str]:
-    """The train and validation text, and a name for where they came from."""
+def load_data(text_file: Path | None) -> tuple[CourseData, str]:
+    """The tokenized train and validation data, and a name for where they came from."""
     if text_file is not None:
-        text = text_file.read_text(encoding="utf-8")
-        cut = int(0.9 * len(text))
-        return text[:cut], text[cut:], str(text_file)
+        return text_data(text_file.read_text(encoding="utf-8")), str(text_file)
     try:
-        from ds9_utils.corpus import load_split
-
-        return load_split("train"), load_split("val"), "DS9 corpus"
-    except (ImportError, FileNotFoundError) as error:
+        return load_course_data(), "DS9 corpus"
+    except FileNotFoundError as error:
         sys.exit(f"no DS9 corpus to train on ({error}).\nBuild it with `python -m ds9_utils download` and "
                  "`python -m ds9_utils corpus`, or pass --text FILE to use any UTF-8 text.")
 
@@ -81,10 +77,8 @@ def main() -> None:
     args = parser.parse_args()
 
     device = args.device or choose_device()
-    train_text, val_text, source = load_texts(args.text)
-    tokenizer = CharTokenizer.from_text(train_text + val_text)
-    train_data = torch.tensor(tokenizer.encode(train_text), dtype=torch.long)
-    val_data = torch.tensor(tokenizer.encode(val_text), dtype=torch.long)
+    data, source = load_data(args.text)
+    tokenizer, train_data, val_data = data.tokenizer, data.train, data.val
 
     if args.preset:
         preset = PRESETS[args.preset]
