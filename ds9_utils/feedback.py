@@ -525,7 +525,7 @@ def train_reinforce(policy: GPT, reference: GPT, tokenizer: Tokenizer, prompts: 
     generator = torch.Generator(device=device).manual_seed(config.seed)
     choose = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=0.0)
-    reference.eval().requires_grad_(False)
+    reference.eval()  # only read, under no_grad: its weights stay as they are
     policy.eval()  # no dropout: the log-probs must be those of the distribution we sample from
     history: dict[str, list] = {"reward": [], "kl": [], "objective": [], "samples": []}
     if monitor is not None:
@@ -613,7 +613,7 @@ def train_dpo(policy: GPT, reference: GPT, tokenizer: Tokenizer, pairs: Sequence
     device = next(policy.parameters()).device
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=0.0)
-    reference.eval().requires_grad_(False)
+    reference.eval()  # only read, under no_grad: its weights stay as they are
     policy.eval()
     history: dict[str, list[float]] = {"loss": [], "accuracy": [], "margin": []}
     steps = config.epochs * math.ceil(len(pairs) / config.batch_size)

@@ -1,6 +1,7 @@
 """Tests for ds9_utils.feedback: the rater, the losses (checked by hand), log-probs and KL, and the training loops."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -262,12 +263,14 @@ def test_the_reward_model_learns_the_preferences(toy):
 def test_dpo_moves_the_policy_towards_the_chosen_scenes(toy):
     tokenizer, _, pairs = toy
     reference = tiny_gpt(tokenizer.vocab_size, block_size=16)
-    policy = tiny_gpt(tokenizer.vocab_size, block_size=16)
+    policy = copy.deepcopy(reference)
+    before = copy.deepcopy(reference.state_dict())
     history = train_dpo(policy, reference, tokenizer, pairs, DPOConfig(epochs=10, batch_size=8, beta=0.5,
                                                                        learning_rate=3e-3), progress=False)
     assert history["loss"][0] == pytest.approx(math.log(2), abs=1e-4)  # the policy starts as the reference
     assert history["loss"][-1] < 0.4 and history["accuracy"][-1] >= 0.9
-    assert all(p.requires_grad is False for p in reference.parameters())
+    assert all(torch.equal(before[name], value) for name, value in reference.state_dict().items())
+    assert all(p.requires_grad for p in reference.parameters())  # a copy of it can still be trained
 
 
 def count_a(prompts, scenes):
