@@ -132,14 +132,16 @@ def run_config(preset: str, max_steps: int | None = None, device: str = "cpu") -
 
 
 def train_preset(data: CourseData, preset: str, out: Path, *, parallel: SingleProcess | None = None,
-                 max_steps: int | None = None, resume: bool = False, progress: bool = True) -> tuple[GPT, TrainResult]:
+                 max_steps: int | None = None, resume: bool = False, progress: bool = True,
+                 device: str | None = None) -> tuple[GPT, TrainResult]:
     """Train a preset's model on ``data`` as one rank of ``parallel`` (or alone), checkpointing to ``out``.
 
     Rank 0 writes ``out/model.pt`` (the usual checkpoint, loadable with ``train.load_checkpoint``) and
-    ``out/log.jsonl`` (one line per evaluation); the other ranks write nothing.
+    ``out/log.jsonl`` (one line per evaluation); the other ranks write nothing. A rank trains on the device
+    ``process_group`` gave it; a single process on ``device`` (default: ``settings.choose_device``).
     """
     parallel = parallel or SingleProcess()
-    device = getattr(parallel, "device", None) or choose_device()
+    device = getattr(parallel, "device", None) or device or choose_device()
     config = run_config(preset, max_steps, device)
     set_seed(config.seed)
     model = GPT(PRESETS[preset].gpt_config(data.tokenizer.vocab_size))  # the same weights on every rank
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         data = _load_data(args.text)
         with process_group(args.device) as parallel:
             _, result = train_preset(data, args.preset, args.out, parallel=parallel, max_steps=args.max_steps,
-                                     resume=args.resume)
+                                     resume=args.resume, device=args.device)
             if parallel.is_main:
                 summary = {key: value for key, value in result.to_dict().items() if key != "history"}
                 backend = dist.get_backend() if dist.is_initialized() else None

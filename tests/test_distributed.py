@@ -96,7 +96,8 @@ def test_two_ranks_with_gloo_train_the_model_one_process_trains_on_the_same_glob
     assert together.step == STEPS
 
     data = text_data(TEXT)
-    alone, result = train_preset(data, "quick", tmp_path / "single", max_steps=STEPS, progress=False)
+    alone, result = train_preset(data, "quick", tmp_path / "single", max_steps=STEPS, progress=False,
+                                 device="cpu")
     assert max_difference(together.model, alone) < 1e-5
     assert together.history["val_loss"][-1] == pytest.approx(result.val_loss, abs=1e-5)
 
