@@ -8,7 +8,7 @@ The two trainers must learn the same merges: the script checks it and stops with
 The textbook trainer (``textbook_bpe_merges``) re-counts every pair of every piece after every merge; the
 fast one (``BPETokenizer.train``) keeps each distinct piece once with its count and updates only the pair
 counts a merge changes. Encode throughput is measured on the validation split (text the tokenizer was not
-trained on), first with an empty chunk cache, then with the cache the first pass filled.
+trained on), first with an empty piece cache, then with the cache the first pass filled.
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def main() -> None:
     if decoded != validation:
         sys.exit("FAILED: the validation text does not decode back to itself")
     print(f"encode {validation_megabytes:.2f} MB of validation text: {validation_megabytes / cold_seconds:6.2f} MB/s "
-          f"with an empty chunk cache, {validation_megabytes / warm_seconds:6.2f} MB/s with a warm one; "
+          f"with an empty piece cache, {validation_megabytes / warm_seconds:6.2f} MB/s with a warm one; "
           f"decode {validation_megabytes / decode_seconds:6.1f} MB/s")
     print(f"{len(ids):,} tokens: {len(validation.encode('utf-8')) / len(ids):.2f} bytes per token")
 

@@ -166,8 +166,8 @@ class CharTokenizer(Tokenizer):
 
 Pair = tuple[int, int]
 
-#: How many chunk encodings ``BPETokenizer`` remembers; words repeat, so most chunks are found here.
-CHUNK_CACHE_SIZE = 100_000
+#: How many piece encodings ``BPETokenizer`` remembers; words repeat, so most pieces are found here.
+PIECE_CACHE_SIZE = 100_000
 
 # GPT-2's and GPT-4's pre-split patterns, written for the standard library's ``re``, which lacks ``\p{L}``
 # (any letter) and ``\p{N}`` (any number). ``\w`` is a letter, a number or "_", which gives:
@@ -276,18 +276,18 @@ def _merge_and_count_changes(word: list[int], pair: Pair, new_id: int, weight: i
     return merged
 
 
-def learn_bpe_merges(chunk_counts: Mapping[bytes, int], num_merges: int, *, progress: bool = False) -> list[Pair]:
-    """The merges ``textbook_bpe_merges`` learns, computed from each distinct chunk's bytes and its count.
+def learn_bpe_merges(piece_counts: Mapping[bytes, int], num_merges: int, *, progress: bool = False) -> list[Pair]:
+    """The merges ``textbook_bpe_merges`` learns, computed from each distinct piece's bytes and its count.
 
-    Two ideas make it fast. Identical chunks are always merged identically, so each distinct chunk is kept
+    Two ideas make it fast. Identical pieces are always merged identically, so each distinct piece is kept
     once, with how often it occurs (a word like " the" is stored once, not thousands of times). And a merge
     only changes the counts of the pairs next to each place it merges, so those changes are applied to the
-    counts (see ``_merge_and_count_changes``), and only the chunks that contain the merged pair are visited,
+    counts (see ``_merge_and_count_changes``), and only the pieces that contain the merged pair are visited,
     instead of re-counting every pair of the whole text after every merge. A heap keeps the most frequent
     pair on top; entries whose count has changed since they were pushed are skipped when they come up.
     """
-    words = [list(chunk) for chunk in chunk_counts]
-    weights = list(chunk_counts.values())
+    words = [list(piece) for piece in piece_counts]
+    weights = list(piece_counts.values())
     counts: dict[Pair, int] = {}
     words_with: defaultdict[Pair, set[int]] = defaultdict(set)  # pair -> the words it occurs (or occurred) in
     for index, word in enumerate(words):
@@ -410,8 +410,8 @@ class BPETokenizer(Tokenizer):
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < smallest:
             raise ValueError(f"vocab_size must be an integer of at least {smallest} (256 byte values "
                              f"+ {len(self._special_names)} special tokens), got {vocab_size!r}.")
-        chunk_counts = Counter(self._split(text))
-        merges = learn_bpe_merges({text_bytes(chunk): count for chunk, count in chunk_counts.items()},
+        piece_counts = Counter(self._split(text))
+        merges = learn_bpe_merges({text_bytes(piece): count for piece, count in piece_counts.items()},
                                   vocab_size - smallest, progress=progress)
         self._set_merges(merges)
         return self
@@ -421,10 +421,10 @@ class BPETokenizer(Tokenizer):
             return [text] if text else []
         return self._splitter.findall(text)
 
-    def _encode_chunk(self, chunk: str) -> list[int]:
+    def _encode_piece(self, piece: str) -> list[int]:
         """Apply the merges to one piece: while some neighbouring pair has been learned, merge the pair that
         was learned first. This replays training, so a piece of the training text gets the tokens it had."""
-        ids = list(text_bytes(chunk))
+        ids = list(text_bytes(piece))
         while len(ids) >= 2:
             pair = min(zip(ids, ids[1:]), key=lambda pair: self.merges.get(pair, float("inf")))
             if pair not in self.merges:
@@ -437,16 +437,16 @@ class BPETokenizer(Tokenizer):
         if not isinstance(text, str):
             raise TypeError(f"encode needs a str, got {type(text).__name__}.")
         if self._splitter is None:
-            return self._encode_chunk(text) if text else []
+            return self._encode_piece(text) if text else []
         ids: list[int] = []
         cache = self._cache
-        for chunk in self._splitter.findall(text):
-            chunk_ids = cache.get(chunk)
-            if chunk_ids is None:
-                if len(cache) >= CHUNK_CACHE_SIZE:
+        for piece in self._splitter.findall(text):
+            piece_ids = cache.get(piece)
+            if piece_ids is None:
+                if len(cache) >= PIECE_CACHE_SIZE:
                     cache.clear()
-                chunk_ids = cache[chunk] = self._encode_chunk(chunk)
-            ids.extend(chunk_ids)
+                piece_ids = cache[piece] = self._encode_piece(piece)
+            ids.extend(piece_ids)
         return ids
 
     def encode(self, text: str, *, allowed_special: str | Iterable[str] = ()) -> list[int]:

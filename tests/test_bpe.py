@@ -75,7 +75,7 @@ def test_training_stops_when_no_pair_is_left():
     assert len(tokenizer.merges) == len(textbook_bpe_merges("ab ab", 1000)) == 2
 
 
-def test_the_fast_trainer_counts_each_distinct_chunk_once():
+def test_the_fast_trainer_counts_each_distinct_piece_once():
     merges = learn_bpe_merges({b"ab": 5, b"bc": 3, b"abc": 2}, 10)
     # (a, b) occurs 5 + 2 = 7 times, (b, c) 3 + 2 = 5; after "ab" only (ab, c) in "abc" is left, twice.
     assert merges == [(97, 98), (98, 99), (256, 99)]
