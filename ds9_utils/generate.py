@@ -79,6 +79,9 @@ def stop_at_text(tokenizer: Tokenizer, text: str) -> Callable[[torch.Tensor], bo
 def _stop_at_sequences(sequences: Collection[Sequence[int]]) -> Callable[[torch.Tensor], bool]:
     """A stop condition for one ``generate`` call: true once every row's new tokens have ended with one of
     ``sequences`` at some step. It remembers the finished rows, so it only needs to look at the newest tokens."""
+    if isinstance(sequences, str) or any(isinstance(sequence, str) for sequence in sequences):
+        raise ValueError("stop sequences are token ids, not text: pass [tokenizer.encode(text)], "
+                         "or stop=stop_at_text(tokenizer, text).")
     sequences = [tuple(int(token) for token in sequence) for sequence in sequences]
     if not sequences or any(len(sequence) == 0 for sequence in sequences):
         raise ValueError("stop must hold at least one non-empty sequence of token ids.")

@@ -221,6 +221,14 @@ def test_stop_sequences_of_token_ids_and_callables():
     assert out.size(1) == 7
 
 
+@pytest.mark.parametrize("stop", ["\n", ["\n"], ("ab", "c")])
+def test_stop_given_as_text_says_how_to_give_it(stop):
+    tokenizer = CharTokenizer.from_text("abc\n")
+    model = cycling_bigram(tokenizer, "abc\n")
+    with pytest.raises(ValueError, match="token ids, not text.*stop_at_text"):
+        generate(model, torch.tensor([tokenizer.encode("a")]), 10, temperature=0, stop=stop)
+
+
 def test_a_batch_stops_when_every_row_has_stopped():
     tokenizer = CharTokenizer.from_text("abcd")
     model = cycling_bigram(tokenizer, "abcd")
