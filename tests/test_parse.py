@@ -12,6 +12,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ds9_utils.parse import Episode, Line, decode_page, parse_episode, parse_index
 
@@ -138,6 +140,31 @@ def test_decode_makes_every_line_end_a_newline():
     assert decode_page(b"one\r\ntwo\rthree\nfour\r\r\nfive") == "one\ntwo\nthree\nfour\n\nfive"
 
 
+def plain_line_ends(text: str) -> str:
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
+@given(st.text(st.characters(blacklist_categories=("Cs",))))
+def test_decode_reads_any_utf8_page_as_utf8(text):
+    assert decode_page(text.encode("utf-8")) == plain_line_ends(text)
+
+
+# Characters whose Windows-1252 byte (0x80-0xBF) can only continue a UTF-8 sequence, never start one, so a
+# page written in Windows-1252 with them must come back exactly.
+CP1252_ONLY = "\u20ac\u2026\u2018\u2019\u201c\u201d\u2013\u2014\u2122\u00a0\u00a9\u00ae\u00bd"
+
+
+@given(st.text(st.sampled_from(CP1252_ONLY) | st.characters(max_codepoint=127)))
+def test_decode_reads_a_windows_1252_page_as_windows_1252(text):
+    assert decode_page(text.encode("cp1252")) == plain_line_ends(text)
+
+
+@given(st.binary())
+def test_decode_never_fails_and_never_leaves_a_carriage_return(raw):
+    text = decode_page(raw)
+    assert "\r" not in text and len(text) <= len(raw)
+
+
 def test_header_gives_title_stardate_airdate_and_the_footer_is_ignored():
     episode = parse('<b>[Cargo bay]</b><p>LEMMO: The crates are here. <br>(He counts them)</p>')
     assert (episode.number, episode.title, episode.stardate, episode.airdate) == (
@@ -157,7 +184,7 @@ def test_unknown_stardate_is_none():
 def test_crlf_and_cr_line_ends_and_br_lines():
     body = ("<b>[Ops]</b>\r\n<p>TARVEK: First line, which the transcriber\r\nwrapped in the source. <br>\r"
             "MELLIN: Second line.<br/>\r\n(A panel beeps)<BR>\rTARVEK: Third.</p>")
-    page = site_page(body).encode("cp1252")
+    page = site_page(body).encode("ascii")
     scene = only_scene(parse_episode(decode_page(page), 901))
     assert [(line.speaker, line.text) for line in scene.lines] == [
         ("TARVEK", "First line, which the transcriber wrapped in the source."),
@@ -165,6 +192,16 @@ def test_crlf_and_cr_line_ends_and_br_lines():
         (None, "A panel beeps"),
         ("TARVEK", "Third."),
     ]
+
+
+def test_a_page_that_mixes_utf8_and_windows_1252_bytes():
+    body = ("<b>[Caf\u00e9]</b><p>TARVEK: It\u2019s the chef\u2019s special.<br>".encode("utf-8")
+            + b"MELLIN: It\x92s \x93special\x94 \x97 again.</p>")
+    page = site_page("BODY").encode("ascii").replace(b"BODY", body)
+    scene = only_scene(parse_episode(decode_page(page), 901))
+    assert scene.location == "Caf\u00e9"
+    assert [line.text for line in scene.lines] == ["It\u2019s the chef\u2019s special.",
+                                                    "It\u2019s \u201cspecial\u201d \u2014 again."]
 
 
 def test_bold_headings_and_mistyped_brackets():
