@@ -90,7 +90,10 @@ def train_course_model(
     the preset's steps, so a run stopped early and resumed later follows the same curve.
     """
     device = device or choose_device()
-    recipe = PRESETS[preset or default_preset(device)]
+    preset = preset or default_preset(device)
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    recipe = PRESETS[preset]
     data = data or load_course_data()
     config = replace(recipe.train_config, device=device, max_seconds=max_seconds,
                      lr_decay_steps=recipe.train_config.lr_decay_steps or recipe.train_config.max_steps)

@@ -109,13 +109,15 @@ def test_generate_rejects_bad_arguments_with_one_clear_line(trained, tmp_path, a
     assert "Traceback" not in result.stderr
 
 
-def test_generate_and_train_explain_missing_or_broken_files(tmp_path):
+def test_generate_and_train_explain_missing_or_broken_files(tmp_path, text_file):
     missing = run_cli("generate", "--checkpoint", str(tmp_path / "nope.pt"), data_dir=tmp_path)
     assert missing.returncode == 2 and "python -m ds9_utils train" in missing.stderr
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
     unreadable = run_cli("generate", "--checkpoint", str(broken), data_dir=tmp_path)
     assert unreadable.returncode == 2 and "not a readable checkpoint" in unreadable.stderr
+    unknown = run_cli("train", "--text", str(text_file), "--preset", "huge", data_dir=tmp_path)
+    assert unknown.returncode == 2 and "unknown preset 'huge'" in unknown.stderr and "cpu" in unknown.stderr
     no_text = run_cli("train", "--text", str(tmp_path / "none.txt"), data_dir=tmp_path)
     assert no_text.returncode == 2 and "no such file" in no_text.stderr
     latin1 = tmp_path / "latin1.txt"
