@@ -11,8 +11,9 @@ The pages are hand-made HTML from the late 1990s, so this module is mostly about
    ``<br>`` and paragraph boundaries (a source line break inside a paragraph is only word wrapping), and
    each line is classified:
 
-   - a **scene heading**: a line set entirely in bold, such as ``[Ops]``. Its brackets are dropped, also
-     the mistyped ones (``{Promenade]``, ``Ops]``).
+   - a **scene heading**: a line set entirely in bold, such as ``[Ops]``, or ``[Location]`` alone on a line.
+     Its brackets are dropped, also the mistyped ones (``{Promenade]``, ``Ops]``), and so is a stray time
+     stamp before them (``13.24 [O'Brien's quarters]``, once in the mirror).
    - a **speaker line**: ``NAME: text``, where the name is in capitals and may hold spaces, apostrophes,
      dots, hyphens, digits and a mark in brackets: ``DAX [OC]: ...`` keeps speaker ``DAX`` and modifier
      ``OC``. A leading ``(aside)`` becomes the line's parenthetical.
