@@ -1,6 +1,7 @@
 """The project's set-up files agree with each other."""
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -36,3 +37,14 @@ def test_ci_installs_torch_then_runs_the_readme_test_command():
     test_command = re.search(r"^(pip install -e \S+ && pytest.*)$", readme, re.M).group(1)
     assert "pip install torch==2.13.0" in ci
     assert ci.index("torch==2.13.0") < ci.index(test_command)
+
+
+def test_readme_links_every_notebook_and_names_the_repository_the_set_up_cell_installs():
+    readme = (ROOT / "README.md").read_text()
+    notebooks = sorted(path.name for path in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    linked = re.findall(r"\(notebooks/([0-9][0-9]_\w+\.ipynb)\)", readme)
+    assert linked == notebooks, "the syllabus table links each notebook once, in order"
+    set_up = json.loads((ROOT / "notebooks" / "00_introduction.ipynb").read_text())["cells"]
+    first_code = "".join(next(cell["source"] for cell in set_up if cell["cell_type"] == "code"))
+    repository = re.search(r"git\+(https://github\.com/[\w.-]+/[\w.-]+)", first_code).group(1)
+    assert repository in readme
