@@ -83,7 +83,8 @@ def normalise_characters(text: str, replaced: Counter[str] | None = None) -> str
     return _OUTSIDE_ALLOWED.sub(fall_back, text)
 
 
-def _render_line(line: Line) -> str:
+def render_line(line: Line) -> str:
+    """One line in the training-text format: ``NAME [mark]: (aside) text`` or ``(direction)``."""
     if line.kind == "direction":
         return f"({line.text})"
     name = f"{line.speaker} [{line.modifier}]" if line.modifier else str(line.speaker)
@@ -94,7 +95,7 @@ def _render_line(line: Line) -> str:
 
 def _render_scene(scene: Scene) -> str:
     heading = [f"[{scene.location}]"] if scene.location else []
-    return "\n".join(heading + [_render_line(line) for line in scene.lines])
+    return "\n".join(heading + [render_line(line) for line in scene.lines])
 
 
 def _render(episode: Episode, replaced: Counter[str] | None = None) -> str:

@@ -370,10 +370,7 @@ class RewardModel(nn.Module):
         width = min(idx.size(1), self.block_size)
         starts = (lengths - width).clamp(min=0)  # crop long texts to their last block_size tokens
         idx = idx.gather(1, starts[:, None] + torch.arange(width, device=idx.device))
-        x = self.body._embed(idx, past_length=0)
-        for block in self.body.blocks:
-            x = block(x)
-        last = self.body.ln_f(x)[torch.arange(idx.size(0), device=idx.device), lengths - starts - 1]
+        last = self.body.hidden_states(idx)[torch.arange(idx.size(0), device=idx.device), lengths - starts - 1]
         return self.head(last).squeeze(-1)
 
     @torch.no_grad()

@@ -32,7 +32,7 @@ from typing import Iterable, NamedTuple
 import torch
 import torch.nn as nn
 
-from .corpus import SPLIT_NAMES, _render_line, load_episodes, normalise_characters
+from .corpus import SPLIT_NAMES, render_line, load_episodes, normalise_characters
 from .download import write_atomically
 from .model import GPT
 from .parse import Episode
@@ -58,7 +58,7 @@ def character_text(episodes: Iterable[Episode], speaker: str) -> str:
     blocks = []
     for episode in episodes:
         for scene in episode.scenes:
-            lines = [_render_line(line) for line in scene.lines if line.kind == "dialogue" and line.speaker == speaker]
+            lines = [render_line(line) for line in scene.lines if line.kind == "dialogue" and line.speaker == speaker]
             if lines:
                 blocks.append("\n".join(lines))
     return normalise_characters("\n\n".join(blocks)) + "\n" if blocks else ""

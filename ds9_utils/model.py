@@ -352,6 +352,19 @@ class GPT(nn.Module):
             x = x + self.position_table[past_length : past_length + T]
         return self.dropout(x)
 
+    def hidden_states(self, idx: torch.Tensor, *, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """What the last block makes of each position, after the final LayerNorm: (B, T, n_embd).
+
+        ``lm_head`` turns these into next-token logits; other heads can read them too (the reward model of
+        ``ds9_utils.feedback`` puts a scalar head on them).
+        """
+        if kv_cache is not None and len(kv_cache.layers) != self.config.n_layer:
+            raise ValueError(f"The KV cache has {len(kv_cache.layers)} layers but the model has {self.config.n_layer}; make it with model.new_kv_cache().")
+        x = self._embed(idx, kv_cache.length if kv_cache is not None else 0)
+        for layer_index, block in enumerate(self.blocks):
+            x = block(x, kv_cache.layers[layer_index] if kv_cache is not None else None)
+        return self.ln_f(x)
+
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, kv_cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -361,12 +374,7 @@ class GPT(nn.Module):
         With ``kv_cache``, ``idx`` holds only the tokens that follow the cached ones; their keys and values
         are added to the cache.
         """
-        if kv_cache is not None and len(kv_cache.layers) != self.config.n_layer:
-            raise ValueError(f"The KV cache has {len(kv_cache.layers)} layers but the model has {self.config.n_layer}; make it with model.new_kv_cache().")
-        x = self._embed(idx, kv_cache.length if kv_cache is not None else 0)
-        for layer_index, block in enumerate(self.blocks):
-            x = block(x, kv_cache.layers[layer_index] if kv_cache is not None else None)
-        logits = self.lm_head(self.ln_f(x))
+        logits = self.lm_head(self.hidden_states(idx, kv_cache=kv_cache))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
