@@ -52,21 +52,10 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
 def _training_data(text_file: Path | None):
     """The DS9 corpus (downloaded and built when missing), or any UTF-8 text file split 90/10."""
-    from .course import load_course_data, text_data
+    from .course import load_course_data, text_file_data
     from .workspace import ensure_corpus
 
-    if text_file is None:
-        return load_course_data(ensure_corpus())
-    if not text_file.is_file():
-        raise FileNotFoundError(f"--text {text_file}: no such file; pass a UTF-8 text file to train on")
-    try:
-        text = text_file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"--text {text_file} is not UTF-8 text ({error.reason} at byte {error.start}); "
-                         "convert it to UTF-8 first") from None
-    if len(text) < 1000:
-        raise ValueError(f"--text {text_file} holds only {len(text)} characters; give it at least a few thousand")
-    return text_data(text)
+    return load_course_data(ensure_corpus()) if text_file is None else text_file_data(text_file)
 
 
 def _default_checkpoint(text_file: Path | None) -> Path:

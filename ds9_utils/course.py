@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -17,7 +18,8 @@ from .corpus import load_split
 from .model import GPT
 from .settings import choose_device, data_dir, quick_mode
 from .tokenizers import CharTokenizer
-from .train import PRESETS, Checkpoint, TrainResult, default_preset, load_checkpoint, set_seed, train
+from .train import (PRESETS, Checkpoint, SingleProcess, TrainConfig, TrainResult, default_preset, load_checkpoint,
+                    set_seed, train)
 
 COURSE_CHECKPOINT = "course_model.pt"
 SMALL_CHECKPOINT = "small_model.pt"
@@ -62,6 +64,20 @@ def text_data(text: str, val_fraction: float = 0.1) -> CourseData:
     return CourseData(tokenizer, ids[:cut], ids[cut:])
 
 
+def text_file_data(path: Path, val_fraction: float = 0.1) -> CourseData:
+    """A UTF-8 text file as training data (see ``text_data``), with errors that say what is wrong."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--text {path}: no such file; pass a UTF-8 text file to train on")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--text {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
+                         "convert it to UTF-8 first") from None
+    if len(text) < 1000:
+        raise ValueError(f"--text {path} holds only {len(text)} characters; give it at least a few thousand")
+    return text_data(text, val_fraction)
+
+
 def checkpoints_dir() -> Path:
     return data_dir() / "checkpoints"
 
@@ -69,6 +85,18 @@ def checkpoints_dir() -> Path:
 def course_checkpoint_path() -> Path:
     """Where notebook 09 (and ``python -m ds9_utils``) keep the course model."""
     return checkpoints_dir() / COURSE_CHECKPOINT
+
+
+def run_config(preset: str, max_steps: int | None = None, device: str = "cpu",
+               max_seconds: float | None = None) -> TrainConfig:
+    """A preset's training recipe for one run, cut to ``max_steps`` or ``max_seconds``: the learning-rate
+    schedule still spans the preset's steps, so a short run is the start of the full one and can be resumed."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    recipe = PRESETS[preset].train_config
+    config = replace(recipe, device=device, max_seconds=max_seconds,
+                     lr_decay_steps=recipe.lr_decay_steps or recipe.max_steps)
+    return config if max_steps is None else replace(config, max_steps=max_steps)
 
 
 def train_course_model(
@@ -82,28 +110,26 @@ def train_course_model(
     device: str | None = None,
     progress: bool = True,
     live_plot: bool = False,
+    callback: Callable[[int, dict[str, float]], bool | None] | None = None,
+    parallel: SingleProcess | None = None,
 ) -> tuple[GPT, TrainResult]:
     """Train a GPT with a preset's recipe (default: the one that suits this machine) and checkpoint it.
 
     With ``resume`` (the default) an interrupted run continues from its checkpoint, and a finished one is
-    loaded as it is. ``max_steps`` and ``max_seconds`` bound the run; the learning-rate schedule still spans
-    the preset's steps, so a run stopped early and resumed later follows the same curve.
+    loaded as it is. ``max_steps`` and ``max_seconds`` bound the run (see ``run_config``). ``parallel`` makes
+    this call one rank of a data-parallel run (``ds9_utils.distributed``), on the device that rank was given.
     """
-    device = device or choose_device()
+    parallel = parallel or SingleProcess()
+    device = getattr(parallel, "device", None) or device or choose_device()
     preset = preset or default_preset(device)
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    recipe = PRESETS[preset]
+    config = run_config(preset, max_steps, device, max_seconds)
     data = data or load_course_data()
-    config = replace(recipe.train_config, device=device, max_seconds=max_seconds,
-                     lr_decay_steps=recipe.train_config.lr_decay_steps or recipe.train_config.max_steps)
-    if max_steps is not None:
-        config = replace(config, max_steps=max_steps)
     set_seed(config.seed)
-    model = GPT(recipe.gpt_config(data.tokenizer.vocab_size))
+    model = GPT(PRESETS[preset].gpt_config(data.tokenizer.vocab_size))  # the same weights on every rank
+    set_seed(config.seed + parallel.rank)  # but each rank its own dropout masks, like its own rows of a batch
     result = train(model, data.train, data.val, config, tokenizer=data.tokenizer,
                    checkpoint_path=checkpoint_path or course_checkpoint_path(), resume=resume,
-                   progress=progress, live_plot=live_plot)
+                   progress=progress, live_plot=live_plot, callback=callback, parallel=parallel)
     return model.eval(), result
 
 

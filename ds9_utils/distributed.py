@@ -31,17 +31,16 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .course import CourseData, load_course_data, text_data
+from .course import CourseData, load_course_data, text_file_data, train_course_model
 from .model import GPT
 from .settings import choose_device
-from .train import PRESETS, SingleProcess, TrainConfig, TrainResult, set_seed, train
+from .train import PRESETS, SingleProcess, TrainResult
 
 CHECKPOINT_NAME = "model.pt"
 LOG_NAME = "log.jsonl"
@@ -117,20 +116,6 @@ def process_group(device: str | None = None) -> Iterator[SingleProcess]:
         dist.destroy_process_group()
 
 
-def run_config(preset: str, max_steps: int | None = None, device: str = "cpu") -> TrainConfig:
-    """A preset's training recipe, cut to ``max_steps``: the learning-rate schedule still spans the preset's
-    steps (as ``course.train_course_model`` does), so a short run is the start of the full one."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    recipe = PRESETS[preset].train_config
-    config = replace(recipe, device=device, lr_decay_steps=recipe.lr_decay_steps or recipe.max_steps)
-    if max_steps is not None:
-        if max_steps < 0:
-            raise ValueError(f"max_steps must not be negative, got {max_steps}")
-        config = replace(config, max_steps=max_steps)
-    return config
-
-
 def train_preset(data: CourseData, preset: str, out: Path, *, parallel: SingleProcess | None = None,
                  max_steps: int | None = None, resume: bool = False, progress: bool = True,
                  device: str | None = None) -> tuple[GPT, TrainResult]:
@@ -141,11 +126,6 @@ def train_preset(data: CourseData, preset: str, out: Path, *, parallel: SinglePr
     ``process_group`` gave it; a single process on ``device`` (default: ``settings.choose_device``).
     """
     parallel = parallel or SingleProcess()
-    device = getattr(parallel, "device", None) or device or choose_device()
-    config = run_config(preset, max_steps, device)
-    set_seed(config.seed)
-    model = GPT(PRESETS[preset].gpt_config(data.tokenizer.vocab_size))  # the same weights on every rank
-    set_seed(config.seed + parallel.rank)  # but each rank its own dropout masks, like the rows of one batch
     log_path = Path(out) / LOG_NAME
     if parallel.is_main:
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,20 +136,15 @@ def train_preset(data: CourseData, preset: str, out: Path, *, parallel: SinglePr
         with log_path.open("a") as file:
             file.write(json.dumps({"step": step, "world_size": parallel.world_size, **metrics}) + "\n")
 
-    result = train(model, data.train, data.val, config, tokenizer=data.tokenizer,
-                   checkpoint_path=Path(out) / CHECKPOINT_NAME, resume=resume, progress=progress,
-                   callback=log, parallel=parallel)
-    return model, result
+    return train_course_model(data, preset=preset, checkpoint_path=Path(out) / CHECKPOINT_NAME, resume=resume,
+                              max_steps=max_steps, device=device, progress=progress, callback=log,
+                              parallel=parallel)
 
 
 def _load_data(text_file: Path | None) -> CourseData:
     """Every rank reads the data itself; the corpus must already be built (`python -m ds9_utils corpus`), so
     that the ranks never download or build it at the same time."""
-    if text_file is None:
-        return load_course_data()
-    if not text_file.is_file():
-        raise FileNotFoundError(f"--text {text_file}: no such file; pass a UTF-8 text file to train on")
-    return text_data(text_file.read_text(encoding="utf-8"))
+    return load_course_data() if text_file is None else text_file_data(text_file)
 
 
 def build_parser() -> argparse.ArgumentParser:

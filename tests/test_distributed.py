@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ds9_utils.course import text_data
-from ds9_utils.distributed import CHECKPOINT_NAME, LOG_NAME, DataParallel, main, run_config, train_preset
+from ds9_utils.course import run_config, text_data
+from ds9_utils.distributed import CHECKPOINT_NAME, LOG_NAME, DataParallel, main, train_preset
 from ds9_utils.model import GPT
 from ds9_utils.train import PRESETS, SingleProcess, get_batch, load_checkpoint, set_seed, train
 
