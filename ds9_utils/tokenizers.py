@@ -55,6 +55,19 @@ class Tokenizer(ABC):
     def from_dict(cls, data: dict[str, Any]) -> Tokenizer:
         """Rebuild a tokenizer from ``to_dict()``'s output."""
 
+    def _checked_ids(self, ids: Iterable[int]) -> list[int]:
+        """``ids`` as a list, each checked to be a token of this vocabulary (for ``decode``)."""
+        if hasattr(ids, "tolist"):  # a tensor or numpy array: one conversion instead of one per element
+            ids = ids.tolist()
+        ids = list(ids)
+        out_of_range = [i for i in ids if not 0 <= i < self.vocab_size]
+        if out_of_range:
+            raise ValueError(
+                f"Cannot decode token id(s) {out_of_range[:5]}: ids must be in 0..{self.vocab_size - 1} "
+                "for this vocabulary. Was the model trained with a different tokenizer?"
+            )
+        return ids
+
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the tokenizer as JSON, one field and one list entry per line, so people can read it. The
         file is written under a temporary name and then renamed, so a crash never leaves a half-written
@@ -132,16 +145,7 @@ class CharTokenizer(Tokenizer):
             ) from None
 
     def decode(self, ids: Iterable[int]) -> str:
-        if hasattr(ids, "tolist"):  # a tensor or numpy array: one conversion instead of one per element
-            ids = ids.tolist()
-        ids = list(ids)
-        out_of_range = [i for i in ids if not 0 <= i < len(self.chars)]
-        if out_of_range:
-            raise ValueError(
-                f"Cannot decode token id(s) {out_of_range[:5]}: ids must be in 0..{len(self.chars) - 1} "
-                "for this vocabulary. Was the model trained with a different tokenizer?"
-            )
-        return "".join([self.chars[i] for i in ids])
+        return "".join([self.chars[i] for i in self._checked_ids(ids)])
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.kind, "chars": self.chars}
@@ -483,16 +487,7 @@ class BPETokenizer(Tokenizer):
     def decode(self, ids: Iterable[int]) -> str:
         """The text of ``ids``. A sequence that does not form valid UTF-8 (a model can sample one, e.g. half
         of a multi-byte character) decodes with the replacement character U+FFFD in those places."""
-        if hasattr(ids, "tolist"):  # a tensor or numpy array: one conversion instead of one per element
-            ids = ids.tolist()
-        ids = list(ids)
-        out_of_range = [i for i in ids if not 0 <= i < len(self.vocab)]
-        if out_of_range:
-            raise ValueError(
-                f"Cannot decode token id(s) {out_of_range[:5]}: ids must be in 0..{len(self.vocab) - 1} "
-                "for this vocabulary. Was the model trained with a different tokenizer?"
-            )
-        data = b"".join([self.vocab[i] for i in ids])
+        data = b"".join([self.vocab[i] for i in self._checked_ids(ids)])
         try:
             return data.decode("utf-8", "surrogatepass")
         except UnicodeDecodeError:
