@@ -89,7 +89,11 @@ def cache_path(folder: Path, page: str) -> Path:
 
 
 def write_atomically(path: Path, content: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place: readers never see half a file."""
+    """Write to a temporary file beside ``path`` and rename it into place: readers never see half a file.
+
+    Every file the course writes (pages, corpus, tokenizers, checkpoints, adapters) goes through here. An
+    interruption (an error, Ctrl-C) removes the temporary file and leaves any earlier ``path`` untouched.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
@@ -98,9 +102,9 @@ def write_atomically(path: Path, content: bytes) -> None:
             tmp.flush()
             os.fsync(tmp.fileno())
         os.replace(tmp_name, path)
-    except OSError as error:
+    except BaseException as error:
         Path(tmp_name).unlink(missing_ok=True)
-        if error.errno == errno.ENOSPC:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
             raise DownloadError(
                 f"the disk is full while writing {path}; free some space or point DS9_DATA_DIR "
                 "(or --data-dir) at a disk with room"

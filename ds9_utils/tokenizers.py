@@ -17,7 +17,6 @@ import heapq
 import json
 import os
 import re
-import tempfile
 import unicodedata
 from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from tqdm.auto import tqdm
+
+from .download import write_atomically
 
 
 class Tokenizer(ABC):
@@ -73,15 +74,7 @@ class Tokenizer(ABC):
         file is written under a temporary name and then renamed, so a crash never leaves a half-written
         tokenizer behind."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-                file.write(_readable_json(self.to_dict()))
-            os.replace(temporary_name, path)
-        except BaseException:
-            Path(temporary_name).unlink(missing_ok=True)
-            raise
+        write_atomically(path, _readable_json(self.to_dict()).encode("utf-8"))
         return path
 
     @classmethod

@@ -18,8 +18,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -30,6 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import tokenizers
+from .download import write_atomically
 from .model import GPT, GPTConfig
 from .settings import choose_device, quick_mode
 
@@ -330,7 +329,6 @@ def save_checkpoint(path: str | Path, *, model: GPT, optimizer: torch.optim.Opti
     Python values are stored, so the file loads with ``torch.load(..., weights_only=True)``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -345,14 +343,9 @@ def save_checkpoint(path: str | Path, *, model: GPT, optimizer: torch.optim.Opti
         "best_val_loss": best_val_loss,
         "rng": _rng_states(generator),
     }
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
-        os.replace(temp_name, path)
-    except BaseException:
-        os.unlink(temp_name)
-        raise
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomically(path, buffer.getvalue())
     return path
 
 
