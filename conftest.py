@@ -6,6 +6,7 @@ notebooks that nbval executes inherit the same environment (Jupyter kernels star
 they download from the loopback mirror into a temporary data folder, exactly as a user's run downloads
 from the real site.
 """
+
 from __future__ import annotations
 
 import os

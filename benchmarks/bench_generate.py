@@ -8,6 +8,7 @@ Without the cache every new character runs the model over the whole context agai
 position. Both sample the same tokens for the same seed (checked here on every run). The aim is at least 5x
 at 500 characters.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,9 @@ from ds9_utils.train import PRESETS, load_checkpoint
 VOCAB_SIZE = 81  # the DS9 corpus's characters
 
 
-def tokens_per_second(model: GPT, new_tokens: int, use_cache: bool, device: str, seed: int = 0) -> tuple[float, torch.Tensor]:
+def tokens_per_second(
+    model: GPT, new_tokens: int, use_cache: bool, device: str, seed: int = 0
+) -> tuple[float, torch.Tensor]:
     """Speed of one ``generate`` call from a one-token prompt, and the tokens it produced."""
     prompt = torch.zeros((1, 1), dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -43,8 +46,10 @@ def measure(name: str, model: GPT, new_tokens: int, device: str) -> None:
     cached_rate, cached = tokens_per_second(model, new_tokens, True, device)
     plain_rate, plain = tokens_per_second(model, new_tokens, False, device)
     same = torch.equal(cached, plain)
-    print(f"{name:>10}: with cache {cached_rate:7.0f} tokens/s, without {plain_rate:7.0f} tokens/s, "
-          f"speed-up {cached_rate / plain_rate:5.1f}x, same tokens: {same}")
+    print(
+        f"{name:>10}: with cache {cached_rate:7.0f} tokens/s, without {plain_rate:7.0f} tokens/s, "
+        f"speed-up {cached_rate / plain_rate:5.1f}x, same tokens: {same}"
+    )
     if not same:
         raise SystemExit("the cached and uncached paths sampled different tokens: that is a bug")
 
@@ -56,8 +61,10 @@ def main() -> None:
     parser.add_argument("--device", help="cpu, cuda or mps (default: the best available)")
     args = parser.parse_args()
     device = args.device or choose_device()
-    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
-          f"{args.tokens} new tokens from a one-token prompt")
+    print(
+        f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
+        f"{args.tokens} new tokens from a one-token prompt"
+    )
     if args.checkpoint:
         measure(args.checkpoint.stem, load_checkpoint(args.checkpoint, device).model, args.tokens, device)
         return

@@ -7,6 +7,7 @@
 The reference bar is nanoGPT's model.py on the course's 2-core CPU: about 10k tokens/s for "small" and
 1.3k tokens/s for "medium".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,9 @@ CONFIGURATIONS = {
 }
 
 
-def training_tokens_per_second(config: GPTConfig, batch_size: int, warmup_steps: int, timed_steps: int, device: str) -> float:
+def training_tokens_per_second(
+    config: GPTConfig, batch_size: int, warmup_steps: int, timed_steps: int, device: str
+) -> float:
     """Tokens per second of full training steps on random tokens, after ``warmup_steps`` untimed ones."""
     torch.manual_seed(0)
     model = GPT(config).to(device).train()
@@ -63,7 +66,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, attention {args.attention}")
+    print(
+        f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, attention {args.attention}"
+    )
     for name, (config, batch_size, reference) in CONFIGURATIONS.items():
         if args.only and name != args.only:
             continue

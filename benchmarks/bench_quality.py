@@ -10,6 +10,7 @@ learning rate 1e-3, no dropout). nanoGPT reports 1.88 nats validation loss for i
 2000 steps; on the same file this benchmark should land close to that. On the DS9 corpus the number differs
 (another text, another vocabulary), so compare DS9 runs with DS9 runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,17 @@ from ds9_utils.train import PRESETS, TrainConfig, configure_optimizer, get_batch
 
 NANOGPT_REFERENCE = "nanoGPT, same config, tiny Shakespeare, 2000 steps: val loss 1.88 nats (2.71 bpc)"
 SMALL_MODEL = dict(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
-SMALL_TRAINING = TrainConfig(batch_size=12, learning_rate=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99,
-                             weight_decay=0.1, grad_clip=1.0, eval_iters=100, log_interval=10)
+SMALL_TRAINING = TrainConfig(
+    batch_size=12,
+    learning_rate=1e-3,
+    min_lr=1e-4,
+    warmup_steps=100,
+    beta2=0.99,
+    weight_decay=0.1,
+    grad_clip=1.0,
+    eval_iters=100,
+    log_interval=10,
+)
 
 
 def load_data(text_file: Path | None) -> tuple[CourseData, str]:
@@ -39,12 +49,15 @@ def load_data(text_file: Path | None) -> tuple[CourseData, str]:
     try:
         return load_course_data(), "DS9 corpus"
     except FileNotFoundError as error:
-        sys.exit(f"no DS9 corpus to train on ({error}).\nBuild it with `python -m ds9_utils download` and "
-                 "`python -m ds9_utils corpus`, or pass --text FILE to use any UTF-8 text.")
+        sys.exit(
+            f"no DS9 corpus to train on ({error}).\nBuild it with `python -m ds9_utils download` and "
+            "`python -m ds9_utils corpus`, or pass --text FILE to use any UTF-8 text."
+        )
 
 
-def steps_per_second(config: GPTConfig, cfg: TrainConfig, data: torch.Tensor, device: str,
-                     seconds: float = 3.0) -> float:
+def steps_per_second(
+    config: GPTConfig, cfg: TrainConfig, data: torch.Tensor, device: str, seconds: float = 3.0
+) -> float:
     """Measure training speed on a throw-away copy, so the schedule can be sized to fit the time budget."""
     model = GPT(config).to(device)
     optimizer = configure_optimizer(model, cfg)
@@ -68,8 +81,12 @@ def steps_per_second(config: GPTConfig, cfg: TrainConfig, data: torch.Tensor, de
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, help="training time budget (default 120 for the small config; "
-                                                      "with --preset, the preset's own step count decides)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        help="training time budget (default 120 for the small config; "
+        "with --preset, the preset's own step count decides)",
+    )
     parser.add_argument("--text", type=Path, help="train on this UTF-8 file (split 90/10) instead of the DS9 corpus")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="train a preset instead of the small config")
     parser.add_argument("--device", help="cpu, cuda or mps (default: the best available)")
@@ -96,21 +113,35 @@ def main() -> None:
         cfg = replace(probe, seed=args.seed, max_steps=max_steps, eval_interval=max_steps, max_seconds=seconds)
         name = "small config (4 layers, 4 heads, 128 wide, block 64, batch 12)"
 
-    print(f"{name} on {source}: {len(train_data):,} train / {len(val_data):,} val characters, "
-          f"vocabulary {tokenizer.vocab_size}, device {device}, up to {cfg.max_steps} steps"
-          + (f" or {cfg.max_seconds:.0f} s" if cfg.max_seconds else ""))
+    print(
+        f"{name} on {source}: {len(train_data):,} train / {len(val_data):,} val characters, "
+        f"vocabulary {tokenizer.vocab_size}, device {device}, up to {cfg.max_steps} steps"
+        + (f" or {cfg.max_seconds:.0f} s" if cfg.max_seconds else "")
+    )
     set_seed(args.seed)
     model = GPT(config)
     result = train(model, train_data, val_data, cfg, tokenizer=tokenizer, progress=True)
 
-    print(f"validation loss: {result.val_loss:.4f} nats = {result.val_bpc:.4f} bits per character "
-          f"(train {result.train_loss:.4f} nats)")
-    print(f"steps: {result.steps} ({result.stop_reason}), {result.tokens_per_second:,.0f} tokens/s, "
-          f"{result.seconds:.1f} s")
+    print(
+        f"validation loss: {result.val_loss:.4f} nats = {result.val_bpc:.4f} bits per character "
+        f"(train {result.train_loss:.4f} nats)"
+    )
+    print(
+        f"steps: {result.steps} ({result.stop_reason}), {result.tokens_per_second:,.0f} tokens/s, "
+        f"{result.seconds:.1f} s"
+    )
     print(f"reference: {NANOGPT_REFERENCE}")
-    summary = {"config": args.preset or "small", "source": source, "device": device,
-               "val_loss": result.val_loss, "val_bpc": result.val_bpc, "train_loss": result.train_loss,
-               "steps": result.steps, "tokens_per_second": result.tokens_per_second, "seconds": result.seconds}
+    summary = {
+        "config": args.preset or "small",
+        "source": source,
+        "device": device,
+        "val_loss": result.val_loss,
+        "val_bpc": result.val_bpc,
+        "train_loss": result.train_loss,
+        "steps": result.steps,
+        "tokens_per_second": result.tokens_per_second,
+        "seconds": result.seconds,
+    }
     print(json.dumps(summary))
 
 

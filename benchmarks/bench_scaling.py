@@ -9,6 +9,7 @@ so N ranks do the same work as one; the speed-up is what the extra processes (co
 gradients have been averaged. The numbers include the all-reduce; they exclude start-up and evaluation.
 On a machine with fewer idle cores than ranks, expect no speed-up at all.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,24 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 def run_ranks(ranks: int, preset: str, steps: int, device: str, text: Path | None, out: Path) -> dict:
     """One torchrun launch; returns rank 0's JSON summary."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
-               "-m", "ds9_utils.distributed", "--preset", preset, "--max-steps", str(steps), "--out", str(out),
-               "--device", device]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(ranks),
+        "-m",
+        "ds9_utils.distributed",
+        "--preset",
+        preset,
+        "--max-steps",
+        str(steps),
+        "--out",
+        str(out),
+        "--device",
+        device,
+    ]
     if text is not None:
         command += ["--text", str(text)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
@@ -52,8 +68,10 @@ def main() -> None:
             summary = run_ranks(ranks, args.preset, args.steps, args.device, args.text, Path(folder) / f"ranks{ranks}")
             rate = summary["tokens_per_second"]
             baseline = baseline or rate
-            print(f"{ranks:>3} ranks ({summary['backend'] or 'single process'}): {rate:10,.0f} tokens/s  "
-                  f"speed-up {rate / baseline:4.2f}x  val loss {summary['val_loss']:.4f}")
+            print(
+                f"{ranks:>3} ranks ({summary['backend'] or 'single process'}): {rate:10,.0f} tokens/s  "
+                f"speed-up {rate / baseline:4.2f}x  val loss {summary['val_loss']:.4f}"
+            )
 
 
 if __name__ == "__main__":

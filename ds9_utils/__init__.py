@@ -3,4 +3,5 @@
 One concept per module, in the order data flows:
 settings -> download -> parse -> corpus -> tokenizers -> model -> train -> generate -> plots.
 """
+
 __version__ = "0.1.0"

@@ -8,6 +8,7 @@ A thin layer over the library: parse arguments, call one function, print a short
 is one JSON object (so scripts and tests can read it), and turn known problems into one clear line on
 stderr with a non-zero exit status.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,10 @@ def _print_json(summary: dict) -> None:
 def cmd_download(args: argparse.Namespace) -> int:
     delay = download_delay() if args.delay is None else args.delay
     report = download_transcripts(args.base_url, args.data_dir, DownloadConfig(delay=delay), progress=True)
-    print(f"downloaded {len(report.downloaded)} pages, {len(report.cached)} already cached, "
-          f"{len(report.failed)} failed, in {report.seconds:.1f} s")
+    print(
+        f"downloaded {len(report.downloaded)} pages, {len(report.cached)} already cached, "
+        f"{len(report.failed)} failed, in {report.seconds:.1f} s"
+    )
     for failure in report.failed:
         print(f"  failed: {failure['page']}: {failure['reason']}")
     _print_json(report.to_dict())
@@ -69,21 +72,44 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     out = args.out or _default_checkpoint(args.text)
     if out.exists() and not args.resume:
-        raise FileExistsError(f"{out} already exists: pass --resume to continue that run, or --out NEW.pt "
-                              "to start another")
+        raise FileExistsError(
+            f"{out} already exists: pass --resume to continue that run, or --out NEW.pt to start another"
+        )
     data = _training_data(args.text)
-    model, result = train_course_model(data, preset=args.preset, checkpoint_path=out, resume=args.resume,
-                                       max_steps=args.max_steps, max_seconds=args.max_seconds)
-    print(f"validation loss {result.val_loss:.4f} nats = {result.val_bpc:.4f} bits per character after "
-          f"{result.steps} steps ({result.stop_reason}); checkpoint: {out}")
-    _print_json({"val_loss": result.val_loss, "val_bpc": result.val_bpc, "steps": result.steps,
-                 "tokens_per_second": result.tokens_per_second, "seconds": result.seconds,
-                 "checkpoint": str(out)})
+    model, result = train_course_model(
+        data,
+        preset=args.preset,
+        checkpoint_path=out,
+        resume=args.resume,
+        max_steps=args.max_steps,
+        max_seconds=args.max_seconds,
+    )
+    print(
+        f"validation loss {result.val_loss:.4f} nats = {result.val_bpc:.4f} bits per character after "
+        f"{result.steps} steps ({result.stop_reason}); checkpoint: {out}"
+    )
+    _print_json(
+        {
+            "val_loss": result.val_loss,
+            "val_bpc": result.val_bpc,
+            "steps": result.steps,
+            "tokens_per_second": result.tokens_per_second,
+            "seconds": result.seconds,
+            "checkpoint": str(out),
+        }
+    )
     return 0
 
 
-def _write_scene(checkpoint: Path, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None,
-                 top_p: float | None, seed: int) -> str:
+def _write_scene(
+    checkpoint: Path,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seed: int,
+) -> str:
     import torch
 
     from .generate import generate_text, stop_at_text
@@ -94,14 +120,25 @@ def _write_scene(checkpoint: Path, prompt: str, max_new_tokens: int, temperature
         raise ValueError(f"{checkpoint} holds no tokenizer, so its tokens cannot be turned into text")
     device = next(loaded.model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    return generate_text(loaded.model, loaded.tokenizer, prompt, max_new_tokens, temperature=temperature,
-                         top_k=top_k, top_p=top_p, generator=generator,
-                         stop=stop_at_text(loaded.tokenizer, SCENE_END))
+    return generate_text(
+        loaded.model,
+        loaded.tokenizer,
+        prompt,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        generator=generator,
+        stop=stop_at_text(loaded.tokenizer, SCENE_END),
+    )
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    print(_write_scene(args.checkpoint, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
-                       args.top_p, args.seed))
+    print(
+        _write_scene(
+            args.checkpoint, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed
+        )
+    )
     return 0
 
 
@@ -116,8 +153,10 @@ def cmd_main_job(args: argparse.Namespace) -> int:
     data = _training_data(None)
     print(f"Step 2: training ({data}); an interrupted run resumes where it stopped.")
     _, result = train_course_model(data, preset=preset, device=device)
-    print(f"validation loss {result.val_loss:.3f} nats = {result.val_bpc:.3f} bits per character "
-          f"after {result.steps} steps. Step 3: a new scene.\n")
+    print(
+        f"validation loss {result.val_loss:.3f} nats = {result.val_bpc:.3f} bits per character "
+        f"after {result.steps} steps. Step 3: a new scene.\n"
+    )
     print(_write_scene(course_checkpoint_path(), DEFAULT_PROMPT, 800, 0.8, None, None, args.seed))
     return 0
 
@@ -137,8 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.set_defaults(run=cmd_corpus)
 
     train = commands.add_parser("train", help="train a GPT on the DS9 corpus (or any text) and checkpoint it")
-    train.add_argument("--preset", help="model and recipe: quick, small, cpu or gpu (default: quick in quick "
-                                        "mode, gpu on CUDA, otherwise cpu)")
+    train.add_argument(
+        "--preset",
+        help="model and recipe: quick, small, cpu or gpu (default: quick in quick mode, gpu on CUDA, otherwise cpu)",
+    )
     train.add_argument("--text", type=Path, help="train on this UTF-8 file, split 90/10, instead of DS9")
     train.add_argument("--max-steps", type=int, help="stop after this many steps (default: the preset's)")
     train.add_argument("--max-seconds", type=float, help="stop after this many seconds of training")
@@ -170,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: everything written so far is complete; run the same command again to resume",
-              file=sys.stderr)
+        print(
+            "interrupted: everything written so far is complete; run the same command again to resume", file=sys.stderr
+        )
         return 130
 
 

@@ -33,6 +33,7 @@ The split is by episode, never by position in the text, so the validation and te
 the model does on episodes it has never seen. A two-part page (401, 473) is one episode here, so its two
 halves can never land in different splits.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,13 +57,38 @@ DEFAULT_SPLIT_SEED = 0
 BUILD_COMMAND = "python -m ds9_utils corpus"
 DOWNLOAD_COMMAND = "python -m ds9_utils download"
 
-_PLAIN_TYPOGRAPHY = str.maketrans({
-    "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'", "\u00b4": "'",
-    "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u2033": '"', "\u00ab": '"', "\u00bb": '"',
-    "\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-", "\u2015": "-", "\u2212": "-",
-    "\u2026": "...", "\u00a0": " ", "\u2044": "/",
-    "\u00ad": None, "\u200b": None, "\u200c": None, "\u200d": None, "\ufeff": None,  # invisible: dropped
-})
+_PLAIN_TYPOGRAPHY = str.maketrans(
+    {
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u201a": "'",
+        "\u201b": "'",
+        "\u2032": "'",
+        "\u00b4": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u201e": '"',
+        "\u201f": '"',
+        "\u2033": '"',
+        "\u00ab": '"',
+        "\u00bb": '"',
+        "\u2010": "-",
+        "\u2011": "-",
+        "\u2012": "-",
+        "\u2013": "-",
+        "\u2014": "-",
+        "\u2015": "-",
+        "\u2212": "-",
+        "\u2026": "...",
+        "\u00a0": " ",
+        "\u2044": "/",
+        "\u00ad": None,
+        "\u200b": None,
+        "\u200c": None,
+        "\u200d": None,
+        "\ufeff": None,  # invisible: dropped
+    }
+)
 
 
 def normalise_characters(text: str, replaced: Counter[str] | None = None) -> str:
@@ -145,9 +171,9 @@ def split_episodes(
     if ranked and n_val + n_test >= len(ranked):
         raise ValueError(f"{len(ranked)} episodes are too few for these fractions: none would be left to train on")
     return {
-        "train": sorted(ranked[n_val + n_test:]),
+        "train": sorted(ranked[n_val + n_test :]),
         "val": sorted(ranked[:n_val]),
-        "test": sorted(ranked[n_val:n_val + n_test]),
+        "test": sorted(ranked[n_val : n_val + n_test]),
     }
 
 
@@ -185,13 +211,18 @@ def _seasons_from_index(folder: Path) -> dict[int, int]:
     index = folder / "episodes.htm"
     if not index.exists():
         return {}
-    return {link.number: link.season for link in parse_index(decode_page(index.read_bytes()))
-            if link.season is not None}
+    return {
+        link.number: link.season for link in parse_index(decode_page(index.read_bytes())) if link.season is not None
+    }
 
 
 def _episode_to_json(episode: Episode) -> str:
-    record = {**vars(episode), "scenes": [{"location": scene.location, "lines": [vars(line) for line in scene.lines]}
-                                          for scene in episode.scenes]}
+    record = {
+        **vars(episode),
+        "scenes": [
+            {"location": scene.location, "lines": [vars(line) for line in scene.lines]} for scene in episode.scenes
+        ],
+    }
     return json.dumps(record, ensure_ascii=False)
 
 
@@ -218,9 +249,7 @@ def build_corpus(
     out_dir = Path(out_dir) if out_dir is not None else _default_corpus_dir()
     pages = sorted(pages_dir.glob("[0-9][0-9][0-9].htm"))
     if not pages:
-        raise FileNotFoundError(
-            f"no transcript pages (NNN.htm) in {pages_dir}; run `{DOWNLOAD_COMMAND}` first"
-        )
+        raise FileNotFoundError(f"no transcript pages (NNN.htm) in {pages_dir}; run `{DOWNLOAD_COMMAND}` first")
     seasons = _seasons_from_index(pages_dir)
     episodes: list[Episode] = []
     empty_pages: list[str] = []

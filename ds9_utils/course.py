@@ -5,11 +5,12 @@ chapter calls ``load_course_model()``, which loads that checkpoint when it is th
 small model itself (and keeps it), so any chapter also runs alone on Kaggle or Colab. The command line's
 main job (``python -m ds9_utils``) goes through the same functions.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -18,8 +19,17 @@ from .corpus import load_split
 from .model import GPT
 from .settings import choose_device, data_dir, quick_mode
 from .tokenizers import CharTokenizer
-from .train import (PRESETS, Checkpoint, SingleProcess, TrainConfig, TrainResult, default_preset, load_checkpoint,
-                    set_seed, train)
+from .train import (
+    PRESETS,
+    Checkpoint,
+    SingleProcess,
+    TrainConfig,
+    TrainResult,
+    default_preset,
+    load_checkpoint,
+    set_seed,
+    train,
+)
 
 COURSE_CHECKPOINT = "course_model.pt"
 SMALL_CHECKPOINT = "small_model.pt"
@@ -35,8 +45,11 @@ class CourseData:
     test: Tensor | None = None
 
     def __str__(self) -> str:
-        sizes = ", ".join(f"{name} {len(ids):,}" for name, ids in
-                          (("train", self.train), ("val", self.val), ("test", self.test)) if ids is not None)
+        sizes = ", ".join(
+            f"{name} {len(ids):,}"
+            for name, ids in (("train", self.train), ("val", self.val), ("test", self.test))
+            if ids is not None
+        )
         return f"{self.tokenizer.vocab_size} characters in the vocabulary; tokens: {sizes}"
 
 
@@ -71,8 +84,9 @@ def text_file_data(path: Path, val_fraction: float = 0.1) -> CourseData:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise ValueError(f"--text {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
-                         "convert it to UTF-8 first") from None
+        raise ValueError(
+            f"--text {path} is not UTF-8 text ({error.reason} at byte {error.start}); convert it to UTF-8 first"
+        ) from None
     if len(text) < 1000:
         raise ValueError(f"--text {path} holds only {len(text)} characters; give it at least a few thousand")
     return text_data(text, val_fraction)
@@ -87,15 +101,17 @@ def course_checkpoint_path() -> Path:
     return checkpoints_dir() / COURSE_CHECKPOINT
 
 
-def run_config(preset: str, max_steps: int | None = None, device: str = "cpu",
-               max_seconds: float | None = None) -> TrainConfig:
+def run_config(
+    preset: str, max_steps: int | None = None, device: str = "cpu", max_seconds: float | None = None
+) -> TrainConfig:
     """A preset's training recipe for one run, cut to ``max_steps`` or ``max_seconds``: the learning-rate
     schedule still spans the preset's steps, so a short run is the start of the full one and can be resumed."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     recipe = PRESETS[preset].train_config
-    config = replace(recipe, device=device, max_seconds=max_seconds,
-                     lr_decay_steps=recipe.lr_decay_steps or recipe.max_steps)
+    config = replace(
+        recipe, device=device, max_seconds=max_seconds, lr_decay_steps=recipe.lr_decay_steps or recipe.max_steps
+    )
     return config if max_steps is None else replace(config, max_steps=max_steps)
 
 
@@ -127,9 +143,19 @@ def train_course_model(
     set_seed(config.seed)
     model = GPT(PRESETS[preset].gpt_config(data.tokenizer.vocab_size))  # the same weights on every rank
     set_seed(config.seed + parallel.rank)  # but each rank its own dropout masks, like its own rows of a batch
-    result = train(model, data.train, data.val, config, tokenizer=data.tokenizer,
-                   checkpoint_path=checkpoint_path or course_checkpoint_path(), resume=resume,
-                   progress=progress, live_plot=live_plot, callback=callback, parallel=parallel)
+    result = train(
+        model,
+        data.train,
+        data.val,
+        config,
+        tokenizer=data.tokenizer,
+        checkpoint_path=checkpoint_path or course_checkpoint_path(),
+        resume=resume,
+        progress=progress,
+        live_plot=live_plot,
+        callback=callback,
+        parallel=parallel,
+    )
     return model.eval(), result
 
 
@@ -144,8 +170,8 @@ def load_course_model(device: str | None = None, *, progress: bool = True) -> Ch
     if not path.exists():
         path = checkpoints_dir() / SMALL_CHECKPOINT
         if not path.exists():
-            print(f"No course model at {course_checkpoint_path()} (notebook 09 trains it): "
-                  "training a small one now.")
-            train_course_model(preset="quick" if quick_mode() else "small", checkpoint_path=path,
-                               device=device, progress=progress)
+            print(f"No course model at {course_checkpoint_path()} (notebook 09 trains it): training a small one now.")
+            train_course_model(
+                preset="quick" if quick_mode() else "small", checkpoint_path=path, device=device, progress=progress
+            )
     return load_checkpoint(path, device)

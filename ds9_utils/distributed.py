@@ -23,6 +23,7 @@ Run it:
 runs on one machine do not collide.) Without torchrun the command trains in one process: the reference a
 data-parallel run must match.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,10 @@ class DataParallel(SingleProcess):
     def rows(self, batch_size: int) -> slice:
         """Rows ``rank * share`` to ``(rank + 1) * share`` of the batch, ``share = batch_size / world_size``."""
         if batch_size % self.world_size:
-            raise ValueError(f"batch_size {batch_size} cannot be split evenly between {self.world_size} ranks: "
-                             "make it a multiple of the number of processes")
+            raise ValueError(
+                f"batch_size {batch_size} cannot be split evenly between {self.world_size} ranks: "
+                "make it a multiple of the number of processes"
+            )
         share = batch_size // self.world_size
         return slice(self.rank * share, (self.rank + 1) * share)
 
@@ -103,8 +106,10 @@ def process_group(device: str | None = None) -> Iterator[SingleProcess]:
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     if (device or choose_device()).startswith("cuda"):
         if local_rank >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK {local_rank} has no GPU ({torch.cuda.device_count()} visible): start at "
-                             "most one process per GPU with --nproc_per_node")
+            raise ValueError(
+                f"LOCAL_RANK {local_rank} has no GPU ({torch.cuda.device_count()} visible): start at "
+                "most one process per GPU with --nproc_per_node"
+            )
         device, backend = f"cuda:{local_rank}", "nccl"
         torch.cuda.set_device(local_rank)
     else:
@@ -116,9 +121,17 @@ def process_group(device: str | None = None) -> Iterator[SingleProcess]:
         dist.destroy_process_group()
 
 
-def train_preset(data: CourseData, preset: str, out: Path, *, parallel: SingleProcess | None = None,
-                 max_steps: int | None = None, resume: bool = False, progress: bool = True,
-                 device: str | None = None) -> tuple[GPT, TrainResult]:
+def train_preset(
+    data: CourseData,
+    preset: str,
+    out: Path,
+    *,
+    parallel: SingleProcess | None = None,
+    max_steps: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    device: str | None = None,
+) -> tuple[GPT, TrainResult]:
     """Train a preset's model on ``data`` as one rank of ``parallel`` (or alone), checkpointing to ``out``.
 
     Rank 0 writes ``out/model.pt`` (the usual checkpoint, loadable with ``train.load_checkpoint``) and
@@ -136,9 +149,17 @@ def train_preset(data: CourseData, preset: str, out: Path, *, parallel: SinglePr
         with log_path.open("a") as file:
             file.write(json.dumps({"step": step, "world_size": parallel.world_size, **metrics}) + "\n")
 
-    return train_course_model(data, preset=preset, checkpoint_path=Path(out) / CHECKPOINT_NAME, resume=resume,
-                              max_steps=max_steps, device=device, progress=progress, callback=log,
-                              parallel=parallel)
+    return train_course_model(
+        data,
+        preset=preset,
+        checkpoint_path=Path(out) / CHECKPOINT_NAME,
+        resume=resume,
+        max_steps=max_steps,
+        device=device,
+        progress=progress,
+        callback=log,
+        parallel=parallel,
+    )
 
 
 def _load_data(text_file: Path | None) -> CourseData:
@@ -150,7 +171,8 @@ def _load_data(text_file: Path | None) -> CourseData:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="torchrun --nproc_per_node N -m ds9_utils.distributed",
-        description="Train a preset's GPT with DistributedDataParallel, one process per rank.")
+        description="Train a preset's GPT with DistributedDataParallel, one process per rank.",
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     parser.add_argument("--max-steps", type=int, help="stop after this many steps (default: the preset's)")
     parser.add_argument("--out", type=Path, required=True, help="folder for model.pt and log.jsonl (rank 0)")
@@ -164,17 +186,33 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if (args.out / CHECKPOINT_NAME).exists() and not args.resume:
-            raise FileExistsError(f"{args.out / CHECKPOINT_NAME} already exists: pass --resume to continue "
-                                  "that run, or another --out")
+            raise FileExistsError(
+                f"{args.out / CHECKPOINT_NAME} already exists: pass --resume to continue that run, or another --out"
+            )
         data = _load_data(args.text)
         with process_group(args.device) as parallel:
-            _, result = train_preset(data, args.preset, args.out, parallel=parallel, max_steps=args.max_steps,
-                                     resume=args.resume, device=args.device)
+            _, result = train_preset(
+                data,
+                args.preset,
+                args.out,
+                parallel=parallel,
+                max_steps=args.max_steps,
+                resume=args.resume,
+                device=args.device,
+            )
             if parallel.is_main:
                 summary = {key: value for key, value in result.to_dict().items() if key != "history"}
                 backend = dist.get_backend() if dist.is_initialized() else None
-                print(json.dumps({"world_size": parallel.world_size, "backend": backend, **summary,
-                                  "checkpoint": str(args.out / CHECKPOINT_NAME)}))
+                print(
+                    json.dumps(
+                        {
+                            "world_size": parallel.world_size,
+                            "backend": backend,
+                            **summary,
+                            "checkpoint": str(args.out / CHECKPOINT_NAME),
+                        }
+                    )
+                )
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

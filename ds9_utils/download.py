@@ -11,6 +11,7 @@ temporary name and renamed into place, so an interrupted run never leaves half a
 fetches what is missing. Only links of the exact form ``NNN.htm`` are followed, and every path is checked to
 stay inside the cache folder, whatever the index says.
 """
+
 from __future__ import annotations
 
 import email.utils

@@ -10,13 +10,14 @@ Three questions notebook 11 asks of the course model, each answered by a small f
 - Does it invent, or does it recite? ``longest_copied_substring`` finds the longest stretch of the generated
   text that appears word for word in the training text; ``SuffixIndex`` makes that fast for many samples.
 """
+
 from __future__ import annotations
 
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -119,6 +120,7 @@ def scene_format_report(text: str, known_speakers: Iterable[str], *, drop_last_l
 
 # ---------------------------------------------------------------------------------------------- copying
 
+
 class SuffixIndex:
     """A suffix array of a text: the start of every suffix, sorted alphabetically, to find substrings fast.
 
@@ -179,7 +181,7 @@ class SuffixIndex:
         while low < high:
             middle = (low + high) // 2
             start = int(suffixes[middle])
-            if text[start:start + m] < query:
+            if text[start : start + m] < query:
                 low = middle + 1
             else:
                 high = middle
@@ -193,7 +195,7 @@ class SuffixIndex:
         if position == len(self.suffixes):
             return False
         start = int(self.suffixes[position])
-        return self.text[start:start + len(query)] == query
+        return self.text[start : start + len(query)] == query
 
     def find(self, query: str) -> int:
         """A position where ``query`` occurs in the text, or -1 (not necessarily the first occurrence)."""
@@ -202,7 +204,7 @@ class SuffixIndex:
         position = self._lower_bound(query)
         if position < len(self.suffixes):
             start = int(self.suffixes[position])
-            if self.text[start:start + len(query)] == query:
+            if self.text[start : start + len(query)] == query:
                 return start
         return -1
 
@@ -225,12 +227,13 @@ def longest_copied_substring(generated: str, training_text: str | SuffixIndex) -
     for start in range(len(generated)):
         if start + best_length >= len(generated):
             break
-        while start + best_length < len(generated) and contains(generated[start:start + best_length + 1]):
+        while start + best_length < len(generated) and contains(generated[start : start + best_length + 1]):
             best_start, best_length = start, best_length + 1
-    return best_length, generated[best_start:best_start + best_length]
+    return best_length, generated[best_start : best_start + best_length]
 
 
 # ---------------------------------------------------------------------------------------------- compression
+
 
 def _score_windows(n_targets: int, block_size: int, stride: int) -> list[tuple[int, int]]:
     """(start, first scored offset) of the windows that score every target exactly once; see token_losses."""
@@ -246,9 +249,16 @@ def _score_windows(n_targets: int, block_size: int, stride: int) -> list[tuple[i
 
 
 @torch.no_grad()
-def token_losses(model: torch.nn.Module, tokens: Sequence[int] | torch.Tensor, block_size: int,
-                 device: str | torch.device = "cpu", *, stride: int | None = None, batch_size: int = 32,
-                 progress: bool = False) -> torch.Tensor:
+def token_losses(
+    model: torch.nn.Module,
+    tokens: Sequence[int] | torch.Tensor,
+    block_size: int,
+    device: str | torch.device = "cpu",
+    *,
+    stride: int | None = None,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> torch.Tensor:
     """The loss (nats) of every prediction a model makes over a long text: a float tensor of len(tokens) - 1.
 
     Entry ``j`` is ``-ln p(tokens[j + 1] | the tokens before it)``. The model sees at most ``block_size``
@@ -285,7 +295,7 @@ def token_losses(model: torch.nn.Module, tokens: Sequence[int] | torch.Tensor, b
         batches = tqdm(batches, desc="scoring", unit="batch")
     try:
         for first in batches:
-            chunk = windows[first:first + batch_size]
+            chunk = windows[first : first + batch_size]
             starts = torch.tensor([start for start, _ in chunk])
             offsets = torch.arange(length)
             x = tokens[starts[:, None] + offsets].to(device)
@@ -294,23 +304,29 @@ def token_losses(model: torch.nn.Module, tokens: Sequence[int] | torch.Tensor, b
             nats = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view(len(chunk), length)
             nats = nats.cpu()
             for row, (start, skip) in enumerate(chunk):
-                losses[start + skip:start + length] = nats[row, skip:]
+                losses[start + skip : start + length] = nats[row, skip:]
     finally:
         model.train(was_training)
     return losses
 
 
-def bits_per_character(model: torch.nn.Module, tokens: Sequence[int] | torch.Tensor, block_size: int,
-                       device: str | torch.device = "cpu", *, stride: int | None = None, batch_size: int = 32,
-                       progress: bool = False) -> float:
+def bits_per_character(
+    model: torch.nn.Module,
+    tokens: Sequence[int] | torch.Tensor,
+    block_size: int,
+    device: str | torch.device = "cpu",
+    *,
+    stride: int | None = None,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> float:
     """The model's average loss over a whole text, in bits per character (for a character tokenizer).
 
     Bits per character is the number of yes/no questions the model needs, on average, to pin down each next
     character: 0 would be a perfect prediction, ``log2(vocab_size)`` a uniform guess. It is the mean of
     ``token_losses`` (see there for ``stride``: non-overlapping windows by default) divided by ``ln 2``.
     """
-    losses = token_losses(model, tokens, block_size, device, stride=stride, batch_size=batch_size,
-                          progress=progress)
+    losses = token_losses(model, tokens, block_size, device, stride=stride, batch_size=batch_size, progress=progress)
     return losses.double().mean().item() / math.log(2)
 
 
@@ -325,8 +341,9 @@ def line_losses(text: str, losses: torch.Tensor | Sequence[float]) -> list[dict]
     """
     losses = torch.as_tensor(losses, dtype=torch.float64).reshape(-1)
     if len(losses) != len(text) - 1:
-        raise ValueError(f"losses must have len(text) - 1 = {len(text) - 1} entries (one per predicted "
-                         f"character), got {len(losses)}")
+        raise ValueError(
+            f"losses must have len(text) - 1 = {len(text) - 1} entries (one per predicted character), got {len(losses)}"
+        )
     cumulative = torch.cat([torch.zeros(1, dtype=torch.float64), losses.cumsum(0)])  # cumulative[j] = sum(losses[:j])
     rows, start = [], 0
     for line in text.split("\n"):
@@ -335,7 +352,14 @@ def line_losses(text: str, losses: torch.Tensor | Sequence[float]) -> list[dict]
         if line.strip() and last > first:
             info = classify_line(line)
             nats = (cumulative[last - 1] - cumulative[first - 1]).item()
-            rows.append({"line": line, "kind": info.kind, "speaker": info.speaker, "characters": last - first,
-                         "bits": nats / (last - first) / math.log(2)})
+            rows.append(
+                {
+                    "line": line,
+                    "kind": info.kind,
+                    "speaker": info.speaker,
+                    "characters": last - first,
+                    "bits": nats / (last - first) / math.log(2),
+                }
+            )
         start = end
     return rows

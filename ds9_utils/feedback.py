@@ -18,12 +18,13 @@ Log-probabilities (``completion_log_probs``, ``sequence_log_probs``) are those `
 when a scene is longer than the model's context, each token is scored from exactly the window it was
 generated with.
 """
+
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -83,8 +84,12 @@ class Rating:
 
     @property
     def rules(self) -> dict[str, float]:
-        values = {"well_formed": self.well_formed, "known_speakers": self.known_speakers,
-                  "no_repetition": self.no_repetition, "requested_speaks": self.requested_speaks}
+        values = {
+            "well_formed": self.well_formed,
+            "known_speakers": self.known_speakers,
+            "no_repetition": self.no_repetition,
+            "requested_speaks": self.requested_speaks,
+        }
         return {name: value for name, value in values.items() if value is not None}
 
     @property
@@ -102,7 +107,7 @@ def repeated_fraction(text: str, n: int = 3) -> float:
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     words = text.split()
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     return 1 - len(set(grams)) / len(grams) if grams else 0.0
 
 
@@ -166,9 +171,17 @@ class PreferencePair:
     rejected: str
 
 
-def sample_completions(model: nn.Module, tokenizer: Tokenizer, prompt: str, n: int, max_new_tokens: int, *,
-                       temperature: float = 1.0, top_k: int | None = None,
-                       generator: torch.Generator | None = None) -> list[str]:
+def sample_completions(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    prompt: str,
+    n: int,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> list[str]:
     """``n`` continuations of ``prompt`` (the new text only), sampled in one batch."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -181,12 +194,21 @@ def sample_completions(model: nn.Module, tokenizer: Tokenizer, prompt: str, n: i
         out = generate(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator)
     finally:
         model.train(was_training)
-    return [tokenizer.decode(row) for row in out[:, len(prompt_ids):].tolist()]
+    return [tokenizer.decode(row) for row in out[:, len(prompt_ids) :].tolist()]
 
 
-def collect_preferences(model: nn.Module, tokenizer: Tokenizer, prompts: Sequence[ScenePrompt], judge: Judge, *,
-                        pairs_per_prompt: int = 1, max_new_tokens: int = 96, temperature: float = 1.0,
-                        generator: torch.Generator | None = None, progress: bool = True) -> list[PreferencePair]:
+def collect_preferences(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    prompts: Sequence[ScenePrompt],
+    judge: Judge,
+    *,
+    pairs_per_prompt: int = 1,
+    max_new_tokens: int = 96,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> list[PreferencePair]:
     """Ask ``judge`` to compare two fresh scenes per prompt, ``pairs_per_prompt`` times; ties are dropped.
 
     ``judge(prompt, scene_a, scene_b)`` returns 0 (A is better), 1 (B is better) or None (no preference):
@@ -196,8 +218,15 @@ def collect_preferences(model: nn.Module, tokenizer: Tokenizer, prompts: Sequenc
         raise ValueError(f"pairs_per_prompt must be at least 1, got {pairs_per_prompt}")
     pairs = []
     for prompt in tqdm(prompts, desc="comparing scenes", unit="prompt", disable=not progress):
-        scenes = sample_completions(model, tokenizer, prompt.text, 2 * pairs_per_prompt, max_new_tokens,
-                                    temperature=temperature, generator=generator)
+        scenes = sample_completions(
+            model,
+            tokenizer,
+            prompt.text,
+            2 * pairs_per_prompt,
+            max_new_tokens,
+            temperature=temperature,
+            generator=generator,
+        )
         for a, b in zip(scenes[0::2], scenes[1::2]):
             verdict = judge(prompt, a, b)
             if verdict not in (0, 1, None):
@@ -207,15 +236,18 @@ def collect_preferences(model: nn.Module, tokenizer: Tokenizer, prompts: Sequenc
     return pairs
 
 
-def preference_rate(judge: Judge, prompts: Sequence[ScenePrompt], tuned: Sequence[str],
-                    baseline: Sequence[str]) -> float:
+def preference_rate(
+    judge: Judge, prompts: Sequence[ScenePrompt], tuned: Sequence[str], baseline: Sequence[str]
+) -> float:
     """How often the judge prefers the tuned model's scene to the baseline's for the same prompt (ties: half).
 
     0.5 means no better, 1.0 always better. ``prompts``, ``tuned`` and ``baseline`` are aligned lists.
     """
     if not (len(prompts) == len(tuned) == len(baseline)) or not prompts:
-        raise ValueError(f"preference_rate needs equally long, non-empty lists; got {len(prompts)} prompts, "
-                         f"{len(tuned)} tuned and {len(baseline)} baseline scenes")
+        raise ValueError(
+            f"preference_rate needs equally long, non-empty lists; got {len(prompts)} prompts, "
+            f"{len(tuned)} tuned and {len(baseline)} baseline scenes"
+        )
     wins = {0: 1.0, 1: 0.0, None: 0.5}
     return sum(wins[judge(p, a, b)] for p, a, b in zip(prompts, tuned, baseline)) / len(prompts)
 
@@ -239,12 +271,13 @@ def pad_sequences(sequences: Sequence[Sequence[int]], device: str | torch.device
     lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
     idx = torch.zeros(len(sequences), int(lengths.max()), dtype=torch.long)
     for row, sequence in enumerate(sequences):
-        idx[row, :len(sequence)] = torch.as_tensor(list(sequence), dtype=torch.long)
+        idx[row, : len(sequence)] = torch.as_tensor(list(sequence), dtype=torch.long)
     return idx.to(device), lengths.to(device)
 
 
-def encode_scenes(tokenizer: Tokenizer, prompts: Sequence[ScenePrompt], scenes: Sequence[str],
-                  device: str | torch.device = "cpu") -> tuple[Tensor, Tensor, Tensor]:
+def encode_scenes(
+    tokenizer: Tokenizer, prompts: Sequence[ScenePrompt], scenes: Sequence[str], device: str | torch.device = "cpu"
+) -> tuple[Tensor, Tensor, Tensor]:
     """Prompt + scene as padded token ids (B, T), with each row's prompt length and total length."""
     if len(prompts) != len(scenes):
         raise ValueError(f"got {len(prompts)} prompts for {len(scenes)} scenes; they must pair up")
@@ -256,8 +289,9 @@ def encode_scenes(tokenizer: Tokenizer, prompts: Sequence[ScenePrompt], scenes: 
 # ---------------------------------------------------------------------------------------------- log-probs
 
 
-def completion_log_probs(model: nn.Module, idx: Tensor, prompt_length: int, *,
-                         context_slide: int | None = None) -> Tensor:
+def completion_log_probs(
+    model: nn.Module, idx: Tensor, prompt_length: int, *, context_slide: int | None = None
+) -> Tensor:
     """Log-probability of each token after the prompt, (B, T - prompt_length), as ``generate`` sampled it.
 
     While prompt and text fit in the model's context this is one forward pass. Past that, ``generate`` slides
@@ -279,7 +313,7 @@ def completion_log_probs(model: nn.Module, idx: Tensor, prompt_length: int, *,
         windows.setdefault(window_start, []).append(position)
     pieces = []
     for start, positions in windows.items():
-        logits, _ = model(idx[:, start:positions[-1]])
+        logits, _ = model(idx[:, start : positions[-1]])
         rows = logits[:, [p - 1 - start for p in positions]].float().log_softmax(-1)
         pieces.append(rows.gather(-1, idx[:, positions].unsqueeze(-1)).squeeze(-1))
     return torch.cat(pieces, dim=1)
@@ -294,11 +328,14 @@ def sequence_log_probs(model: nn.Module, idx: Tensor, prompt_lengths: Tensor, le
     """
     B, T = idx.shape
     if prompt_lengths.shape != (B,) or lengths.shape != (B,):
-        raise ValueError(f"prompt_lengths and lengths must hold one number per row ({B}), "
-                         f"got shapes {tuple(prompt_lengths.shape)} and {tuple(lengths.shape)}")
+        raise ValueError(
+            f"prompt_lengths and lengths must hold one number per row ({B}), "
+            f"got shapes {tuple(prompt_lengths.shape)} and {tuple(lengths.shape)}"
+        )
     if bool((prompt_lengths < 1).any()) or bool((lengths <= prompt_lengths).any()) or bool((lengths > T).any()):
-        raise ValueError("every row needs a prompt (prompt length >= 1) and at least one token after it, "
-                         "within the padded width")
+        raise ValueError(
+            "every row needs a prompt (prompt length >= 1) and at least one token after it, within the padded width"
+        )
     if T <= model.block_size:
         logits, _ = model(idx[:, :-1])
         token_logps = logits.float().log_softmax(-1).gather(-1, idx[:, 1:].unsqueeze(-1)).squeeze(-1)
@@ -320,8 +357,10 @@ def kl_estimate(policy_log_probs: Tensor, reference_log_probs: Tensor) -> Tensor
     Returns the per-sample differences; average them for the estimate.
     """
     if policy_log_probs.shape != reference_log_probs.shape:
-        raise ValueError(f"policy and reference log-probs must have the same shape, got "
-                         f"{tuple(policy_log_probs.shape)} and {tuple(reference_log_probs.shape)}")
+        raise ValueError(
+            f"policy and reference log-probs must have the same shape, got "
+            f"{tuple(policy_log_probs.shape)} and {tuple(reference_log_probs.shape)}"
+        )
     return policy_log_probs - reference_log_probs
 
 
@@ -335,8 +374,10 @@ def bradley_terry_loss(chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tens
     negative log-likelihood of the preferences we saw. Equal rewards cost log 2 per pair.
     """
     if chosen_rewards.shape != rejected_rewards.shape or chosen_rewards.numel() == 0:
-        raise ValueError(f"chosen and rejected rewards must be non-empty and of the same shape, got "
-                         f"{tuple(chosen_rewards.shape)} and {tuple(rejected_rewards.shape)}")
+        raise ValueError(
+            f"chosen and rejected rewards must be non-empty and of the same shape, got "
+            f"{tuple(chosen_rewards.shape)} and {tuple(rejected_rewards.shape)}"
+        )
     return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
 
 
@@ -399,7 +440,7 @@ def _pair_batches(pairs: Sequence[PreferencePair], batch_size: int, generator: t
     order = torch.randperm(len(pairs), generator=generator).tolist() if generator else range(len(pairs))
     order = list(order)
     for first in range(0, len(order), batch_size):
-        yield [pairs[i] for i in order[first:first + batch_size]]
+        yield [pairs[i] for i in order[first : first + batch_size]]
 
 
 def _encode_pairs(tokenizer: Tokenizer, batch: Sequence[PreferencePair], device) -> tuple[Tensor, Tensor, Tensor]:
@@ -411,19 +452,26 @@ def _encode_pairs(tokenizer: Tokenizer, batch: Sequence[PreferencePair], device)
 
 def _check_pairs(pairs: Sequence[PreferencePair]) -> None:
     if not pairs:
-        raise ValueError("No preference pairs: collect some with collect_preferences (ties are dropped, so ask "
-                         "for more pairs or longer scenes if every comparison was a tie).")
+        raise ValueError(
+            "No preference pairs: collect some with collect_preferences (ties are dropped, so ask "
+            "for more pairs or longer scenes if every comparison was a tie)."
+        )
 
 
-def train_reward_model(reward_model: RewardModel, tokenizer: Tokenizer, pairs: Sequence[PreferencePair],
-                       config: RewardConfig | None = None, *, progress: bool = True) -> dict[str, list[float]]:
+def train_reward_model(
+    reward_model: RewardModel,
+    tokenizer: Tokenizer,
+    pairs: Sequence[PreferencePair],
+    config: RewardConfig | None = None,
+    *,
+    progress: bool = True,
+) -> dict[str, list[float]]:
     """Fit the reward model to the pairs with the Bradley-Terry loss; returns the loss and accuracy per step."""
     _check_pairs(pairs)
     config = config or RewardConfig()
     device = next(reward_model.parameters()).device
     generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.AdamW(reward_model.parameters(), lr=config.learning_rate,
-                                  weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(reward_model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     history: dict[str, list[float]] = {"loss": [], "accuracy": []}
     steps = config.epochs * math.ceil(len(pairs) / config.batch_size)
     reward_model.train()
@@ -445,8 +493,9 @@ def train_reward_model(reward_model: RewardModel, tokenizer: Tokenizer, pairs: S
 
 
 @torch.no_grad()
-def pairwise_accuracy(reward_model: RewardModel, tokenizer: Tokenizer, pairs: Sequence[PreferencePair], *,
-                      batch_size: int = 64) -> float:
+def pairwise_accuracy(
+    reward_model: RewardModel, tokenizer: Tokenizer, pairs: Sequence[PreferencePair], *, batch_size: int = 64
+) -> float:
     """The share of pairs whose chosen scene the reward model scores higher than the rejected one."""
     _check_pairs(pairs)
     was_training = reward_model.training
@@ -490,8 +539,10 @@ class RLConfig:
         if self.steps < 0 or self.prompts_per_step < 1 or self.max_new_tokens < 1:
             raise ValueError("RLConfig needs steps >= 0, prompts_per_step >= 1 and max_new_tokens >= 1")
         if self.samples_per_prompt < 2:
-            raise ValueError("samples_per_prompt must be at least 2: the baseline of a scene is the mean of the "
-                             "others for the same prompt")
+            raise ValueError(
+                "samples_per_prompt must be at least 2: the baseline of a scene is the mean of the "
+                "others for the same prompt"
+            )
         if self.kl_coef < 0 or self.learning_rate <= 0 or self.temperature <= 0:
             raise ValueError("RLConfig needs kl_coef >= 0, learning_rate > 0 and temperature > 0")
 
@@ -504,10 +555,17 @@ def leave_one_out_advantages(returns: Tensor) -> Tensor:
     return returns - (returns.sum(-1, keepdim=True) - returns) / (k - 1)
 
 
-def train_reinforce(policy: GPT, reference: GPT, tokenizer: Tokenizer, prompts: Sequence[ScenePrompt],
-                    reward_fn: RewardFunction, config: RLConfig | None = None, *,
-                    monitor: Callable[[ScenePrompt, str], float] | None = None,
-                    progress: bool = True) -> dict[str, list]:
+def train_reinforce(
+    policy: GPT,
+    reference: GPT,
+    tokenizer: Tokenizer,
+    prompts: Sequence[ScenePrompt],
+    reward_fn: RewardFunction,
+    config: RLConfig | None = None,
+    *,
+    monitor: Callable[[ScenePrompt, str], float] | None = None,
+    progress: bool = True,
+) -> dict[str, list]:
     """Tune ``policy`` in place to earn more of ``reward_fn`` while staying near ``reference`` (kept frozen).
 
     ``reward_fn(prompts, scenes)`` returns one reward per scene (e.g. ``RewardModel.score``). ``monitor``, if
@@ -528,15 +586,23 @@ def train_reinforce(policy: GPT, reference: GPT, tokenizer: Tokenizer, prompts: 
     if monitor is not None:
         history["monitor"] = []
     k = config.samples_per_prompt
-    bar = tqdm(range(config.steps), desc=f"REINFORCE (KL coefficient {config.kl_coef:g})", unit="step",
-               disable=not progress)
+    bar = tqdm(
+        range(config.steps), desc=f"REINFORCE (KL coefficient {config.kl_coef:g})", unit="step", disable=not progress
+    )
     for _ in bar:
         chosen = torch.randint(len(prompts), (config.prompts_per_step,), generator=choose).tolist()
         step_prompts = [prompts[i] for i in chosen for _ in range(k)]
         scenes = []
         for i in chosen:
-            scenes += sample_completions(policy, tokenizer, prompts[i].text, k, config.max_new_tokens,
-                                         temperature=config.temperature, generator=generator)
+            scenes += sample_completions(
+                policy,
+                tokenizer,
+                prompts[i].text,
+                k,
+                config.max_new_tokens,
+                temperature=config.temperature,
+                generator=generator,
+            )
         idx, prompt_lengths, lengths = encode_scenes(tokenizer, step_prompts, scenes, device)
         rewards = torch.as_tensor(reward_fn(step_prompts, scenes), dtype=torch.float32, device=device).reshape(-1)
         policy_logps = sequence_log_probs(policy, idx, prompt_lengths, lengths)
@@ -564,8 +630,13 @@ def train_reinforce(policy: GPT, reference: GPT, tokenizer: Tokenizer, prompts: 
 # ---------------------------------------------------------------------------------------------- DPO
 
 
-def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, reference_chosen: Tensor, reference_rejected: Tensor,
-             beta: float = 0.1) -> Tensor:
+def dpo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    reference_chosen: Tensor,
+    reference_rejected: Tensor,
+    beta: float = 0.1,
+) -> Tensor:
     """Direct Preference Optimisation: -log sigmoid(beta * (chosen log-ratio - rejected log-ratio)), averaged.
 
     A log-ratio is log p_policy(scene) - log p_reference(scene): how much more likely the policy has made a
@@ -598,8 +669,15 @@ class DPOConfig:
             raise ValueError("DPOConfig needs epochs >= 1, batch_size >= 1, beta > 0 and learning_rate > 0")
 
 
-def train_dpo(policy: GPT, reference: GPT, tokenizer: Tokenizer, pairs: Sequence[PreferencePair],
-              config: DPOConfig | None = None, *, progress: bool = True) -> dict[str, list[float]]:
+def train_dpo(
+    policy: GPT,
+    reference: GPT,
+    tokenizer: Tokenizer,
+    pairs: Sequence[PreferencePair],
+    config: DPOConfig | None = None,
+    *,
+    progress: bool = True,
+) -> dict[str, list[float]]:
     """Tune ``policy`` in place on the pairs with ``dpo_loss``, ``reference`` frozen.
 
     Returns per step the ``loss``, the ``accuracy`` (share of pairs whose implicit reward ranks the chosen
@@ -621,7 +699,8 @@ def train_dpo(policy: GPT, reference: GPT, tokenizer: Tokenizer, pairs: Sequence
                 policy_chosen, policy_rejected = sequence_log_probs(policy, idx, prompt_lengths, lengths).chunk(2)
                 with torch.no_grad():
                     reference_chosen, reference_rejected = sequence_log_probs(
-                        reference, idx, prompt_lengths, lengths).chunk(2)
+                        reference, idx, prompt_lengths, lengths
+                    ).chunk(2)
                 loss = dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, config.beta)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

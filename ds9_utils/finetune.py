@@ -18,6 +18,7 @@ Read it top to bottom:
 Training itself is ``ds9_utils.train.train``: its optimizer only takes parameters with ``requires_grad``,
 and ``add_lora`` leaves exactly the adapters trainable.
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,14 +26,15 @@ import hashlib
 import io
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 
-from .corpus import SPLIT_NAMES, render_line, load_episodes, normalise_characters
+from .corpus import SPLIT_NAMES, load_episodes, normalise_characters, render_line
 from .download import write_atomically
 from .model import GPT
 from .parse import Episode
@@ -73,12 +75,15 @@ def character_split(speaker: str, corpus_dir: Path | None = None) -> dict[str, s
     episodes = load_episodes(corpus_dir)
     split = json.loads((corpus_dir / "split.json").read_text(encoding="utf-8"))
     by_number = {episode.number: episode for episode in episodes}
-    texts = {name: character_text((by_number[n] for n in split[name] if n in by_number), speaker)
-             for name in SPLIT_NAMES}
+    texts = {
+        name: character_text((by_number[n] for n in split[name] if n in by_number), speaker) for name in SPLIT_NAMES
+    }
     for name in ("train", "val"):
         if not texts[name]:
-            raise ValueError(f"{speaker.upper()!r} speaks no line in the {name} episodes; pick a character who "
-                             "speaks in both (see CorpusSummary.top_speakers, e.g. 'QUARK', 'ODO' or 'KIRA')")
+            raise ValueError(
+                f"{speaker.upper()!r} speaks no line in the {name} episodes; pick a character who "
+                "speaks in both (see CorpusSummary.top_speakers, e.g. 'QUARK', 'ODO' or 'KIRA')"
+            )
     return texts
 
 
@@ -102,12 +107,16 @@ class LoRAConfig:
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"LoRAConfig.rank must be a whole number >= 1, got {self.rank!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not (
-                math.isfinite(self.alpha) and self.alpha > 0):
+        if (
+            isinstance(self.alpha, bool)
+            or not isinstance(self.alpha, (int, float))
+            or not (math.isfinite(self.alpha) and self.alpha > 0)
+        ):
             raise ValueError(f"LoRAConfig.alpha must be a positive number (often 2 * rank), got {self.alpha!r}")
         if isinstance(self.targets, str) or not self.targets:
-            raise ValueError(f"LoRAConfig.targets must be a non-empty tuple of layer names from {LORA_TARGETS}, "
-                             f"got {self.targets!r}")
+            raise ValueError(
+                f"LoRAConfig.targets must be a non-empty tuple of layer names from {LORA_TARGETS}, got {self.targets!r}"
+            )
         unknown = [target for target in self.targets if target not in LORA_TARGETS]
         if unknown:
             raise ValueError(f"LoRAConfig.targets {unknown} are not layers LoRA can adapt; choose from {LORA_TARGETS}")
@@ -124,8 +133,10 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, rank: int, alpha: float):
         super().__init__()
         if rank > min(base.in_features, base.out_features):
-            raise ValueError(f"LoRA rank {rank} is larger than the layer it adapts ({base.out_features} x "
-                             f"{base.in_features}): a low-rank update needs rank <= {min(base.in_features, base.out_features)}")
+            raise ValueError(
+                f"LoRA rank {rank} is larger than the layer it adapts ({base.out_features} x "
+                f"{base.in_features}): a low-rank update needs rank <= {min(base.in_features, base.out_features)}"
+            )
         self.base = base.requires_grad_(False)
         self.rank = rank
         self.scaling = alpha / rank
@@ -164,11 +175,16 @@ def add_lora(model: GPT, config: LoRAConfig) -> GPT:
     if _lora_modules(model):
         raise ValueError("this model already has LoRA adapters; merge_lora() it or start from the base model")
     suffixes = tuple("." + target for target in config.targets)
-    targets = [name for name, module in model.named_modules()
-               if isinstance(module, nn.Linear) and name.startswith("blocks.") and name.endswith(suffixes)]
+    targets = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name.startswith("blocks.") and name.endswith(suffixes)
+    ]
     if not targets:
-        raise ValueError(f"the model has no linear layers named like {config.targets}; LoRA here needs the "
-                         "course's GPT (ds9_utils.model.GPT)")
+        raise ValueError(
+            f"the model has no linear layers named like {config.targets}; LoRA here needs the "
+            "course's GPT (ds9_utils.model.GPT)"
+        )
     model.requires_grad_(False)
     for name in targets:
         _set_submodule(model, name, LoRALinear(model.get_submodule(name), config.rank, config.alpha))
@@ -196,8 +212,11 @@ def merge_lora(model: GPT) -> GPT:
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapters' weights only (``...lora_A`` and ``...lora_B``), detached copies on the CPU."""
-    state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()
-             if name.endswith((".lora_A", ".lora_B"))}
+    state = {
+        name: tensor.detach().cpu().clone()
+        for name, tensor in model.state_dict().items()
+        if name.endswith((".lora_A", ".lora_B"))
+    }
     if not state:
         raise ValueError("this model has no LoRA adapters; add them with add_lora() first")
     return state
@@ -251,16 +270,22 @@ def load_adapter(path: str | Path, model: GPT, *, check_base: bool = True) -> GP
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for a file that is not one of its archives
-        raise ValueError(f"{path} is not a readable adapter file ({type(error).__name__}): it may be "
-                         "truncated; save it again with save_adapter()") from error
+        raise ValueError(
+            f"{path} is not a readable adapter file ({type(error).__name__}): it may be "
+            "truncated; save it again with save_adapter()"
+        ) from error
     if not isinstance(saved, dict) or saved.get("format") != ADAPTER_FORMAT:
         raise ValueError(f"{path} is a torch file but not a ds9_utils LoRA adapter (see save_adapter)")
     if saved["model_config"] != asdict(model.config):
-        raise ValueError(f"the adapter at {path} was trained on a model shaped {saved['model_config']}, not "
-                         f"{asdict(model.config)}: load it onto its own base model")
+        raise ValueError(
+            f"the adapter at {path} was trained on a model shaped {saved['model_config']}, not "
+            f"{asdict(model.config)}: load it onto its own base model"
+        )
     if check_base and saved["base_fingerprint"] != base_fingerprint(model):
-        raise ValueError(f"the adapter at {path} was trained on a base model with other weights (has the course "
-                         "model been retrained?); its outputs would differ. Pass check_base=False to load it anyway")
+        raise ValueError(
+            f"the adapter at {path} was trained on a base model with other weights (has the course "
+            "model been retrained?); its outputs would differ. Pass check_base=False to load it anyway"
+        )
     config = LoRAConfig(**{**saved["lora_config"], "targets": tuple(saved["lora_config"]["targets"])})
     add_lora(model, config)
     parameters = dict(model.named_parameters())

@@ -12,10 +12,11 @@ the old positions) would be useless and everything must be recomputed. Here the 
 continues one token per step. The uncached path follows exactly the same rule, so ``use_cache`` changes the
 speed, never the tokens. ``context_slide=1`` reproduces the textbook ``idx[:, -block_size:]`` loop.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import torch
 from torch.nn import functional as F
@@ -27,7 +28,9 @@ StopCondition = Callable[[torch.Tensor], bool] | Collection[Sequence[int]]
 
 def _check_sampling_arguments(temperature: float, top_k: int | None, top_p: float | None) -> None:
     if not (isinstance(temperature, (int, float)) and temperature >= 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be a number >= 0 (0 means always pick the most likely token), got {temperature!r}.")
+        raise ValueError(
+            f"temperature must be a number >= 0 (0 means always pick the most likely token), got {temperature!r}."
+        )
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be a whole number >= 1 (or None to keep every token), got {top_k!r}.")
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
@@ -80,8 +83,10 @@ def _stop_at_sequences(sequences: Collection[Sequence[int]]) -> Callable[[torch.
     """A stop condition for one ``generate`` call: true once every row's new tokens have ended with one of
     ``sequences`` at some step. It remembers the finished rows, so it only needs to look at the newest tokens."""
     if isinstance(sequences, str) or any(isinstance(sequence, str) for sequence in sequences):
-        raise ValueError("stop sequences are token ids, not text: pass [tokenizer.encode(text)], "
-                         "or stop=stop_at_text(tokenizer, text).")
+        raise ValueError(
+            "stop sequences are token ids, not text: pass [tokenizer.encode(text)], "
+            "or stop=stop_at_text(tokenizer, text)."
+        )
     sequences = [tuple(int(token) for token in sequence) for sequence in sequences]
     if not sequences or any(len(sequence) == 0 for sequence in sequences):
         raise ValueError("stop must hold at least one non-empty sequence of token ids.")
@@ -90,7 +95,7 @@ def _stop_at_sequences(sequences: Collection[Sequence[int]]) -> Callable[[torch.
 
     def every_row_finished(new_tokens: torch.Tensor) -> bool:
         for row, tail in enumerate(new_tokens[:, -longest:].tolist()):
-            if any(tuple(tail[-len(sequence):]) == sequence for sequence in sequences):
+            if any(tuple(tail[-len(sequence) :]) == sequence for sequence in sequences):
                 finished_rows.add(row)
         return len(finished_rows) == new_tokens.size(0)
 
@@ -130,14 +135,18 @@ def generate(
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}.")
     if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
-        raise ValueError("idx must be a (batch, time) LongTensor of prompt token ids; use tokenizer.encode and torch.tensor([ids]).")
+        raise ValueError(
+            "idx must be a (batch, time) LongTensor of prompt token ids; use tokenizer.encode and torch.tensor([ids])."
+        )
     if idx.size(0) == 0 or idx.size(1) == 0:
         raise ValueError("The prompt is empty: give at least one token to start from (e.g. a newline).")
     block_size = model.block_size
     if context_slide is None:
         context_slide = max(1, block_size // 4)
     if isinstance(context_slide, bool) or not isinstance(context_slide, int) or not 1 <= context_slide <= block_size:
-        raise ValueError(f"context_slide must be a whole number from 1 to the model's block_size ({block_size}), got {context_slide!r}.")
+        raise ValueError(
+            f"context_slide must be a whole number from 1 to the model's block_size ({block_size}), got {context_slide!r}."
+        )
     should_stop = stop if (stop is None or callable(stop)) else _stop_at_sequences(stop)
 
     kv_cache = model.new_kv_cache() if use_cache and hasattr(model, "new_kv_cache") else None

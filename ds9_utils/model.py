@@ -9,6 +9,7 @@ Read it top to bottom, in the order the notebooks build it:
    compact, fast form of nanoGPT (all heads in one matrix multiply, fused attention), plus a ``KVCache`` so
    generation processes one new token per step instead of the whole context again.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,9 @@ class BigramLanguageModel(nn.Module):
             raise ValueError(f"vocab_size must be at least 1, got {vocab_size}.")
         self.token_embedding_table = nn.Embedding(vocab_size, vocab_size)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab_size) for every position, and the cross-entropy loss when targets are given."""
         logits = self.token_embedding_table(idx)
         loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
@@ -76,7 +79,9 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, n_embd: int, n_head: int, block_size: int, dropout: float = 0.0, bias: bool = False):
         super().__init__()
         if n_embd % n_head != 0:
-            raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}) so each head gets n_embd // n_head dimensions.")
+            raise ValueError(
+                f"n_embd ({n_embd}) must be divisible by n_head ({n_head}) so each head gets n_embd // n_head dimensions."
+            )
         head_size = n_embd // n_head
         self.heads = nn.ModuleList([Head(n_embd, head_size, block_size, dropout) for _ in range(n_head)])
         self.proj = nn.Linear(n_embd, n_embd, bias=bias)
@@ -146,13 +151,20 @@ class LayerKVCache:
         B, n_head, T, head_size = k.shape
         end = self.length + T
         if end > self.capacity:
-            raise ValueError(f"The KV cache holds at most {self.capacity} positions; cannot add {T} to {self.length}. Call reset() first.")
+            raise ValueError(
+                f"The KV cache holds at most {self.capacity} positions; cannot add {T} to {self.length}. Call reset() first."
+            )
         shape = (B, n_head, self.capacity, head_size)
-        if self.keys is None or (self.length == 0 and (self.keys.shape != shape or self.keys.dtype != k.dtype or self.keys.device != k.device)):
+        if self.keys is None or (
+            self.length == 0
+            and (self.keys.shape != shape or self.keys.dtype != k.dtype or self.keys.device != k.device)
+        ):
             self.keys = k.new_empty(shape)
             self.values = v.new_empty(shape)
         elif self.keys.shape != shape:
-            raise ValueError(f"The KV cache was filled with batch size {self.keys.size(0)}, got {B}; call reset() before changing the batch.")
+            raise ValueError(
+                f"The KV cache was filled with batch size {self.keys.size(0)}, got {B}; call reset() before changing the batch."
+            )
         self.keys[:, :, self.length : end] = k
         self.values[:, :, self.length : end] = v
         self.length = end
@@ -295,7 +307,9 @@ class GPT(nn.Module):
         if config.positional == "learned":
             self.position_embedding = nn.Embedding(config.block_size, config.n_embd)
         elif config.positional == "sinusoidal":
-            self.register_buffer("position_table", sinusoidal_positions(config.block_size, config.n_embd), persistent=False)
+            self.register_buffer(
+                "position_table", sinusoidal_positions(config.block_size, config.n_embd), persistent=False
+            )
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
@@ -359,7 +373,9 @@ class GPT(nn.Module):
         ``ds9_utils.feedback`` puts a scalar head on them).
         """
         if kv_cache is not None and len(kv_cache.layers) != self.config.n_layer:
-            raise ValueError(f"The KV cache has {len(kv_cache.layers)} layers but the model has {self.config.n_layer}; make it with model.new_kv_cache().")
+            raise ValueError(
+                f"The KV cache has {len(kv_cache.layers)} layers but the model has {self.config.n_layer}; make it with model.new_kv_cache()."
+            )
         x = self._embed(idx, kv_cache.length if kv_cache is not None else 0)
         for layer_index, block in enumerate(self.blocks):
             x = block(x, kv_cache.layers[layer_index] if kv_cache is not None else None)

@@ -26,10 +26,12 @@ Implementation: an n-gram of token ids is packed into one integer, ``((t0 * V + 
 counts of every order 1..n are kept as sorted arrays of those integers, so fitting is a few ``np.unique``
 calls and looking up a whole validation text is one ``np.searchsorted`` per order.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,13 +88,19 @@ class NGramModel:
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
             raise ValueError(f"vocab_size must be a whole number >= 1, got {vocab_size!r}.")
         if n * math.log2(max(vocab_size, 2)) > _INT64_BITS:
-            raise ValueError(f"n={n} is too long for a vocabulary of {vocab_size}: an n-gram must fit in 63 bits, "
-                             f"so n can be at most {int(_INT64_BITS // math.log2(max(vocab_size, 2)))}.")
+            raise ValueError(
+                f"n={n} is too long for a vocabulary of {vocab_size}: an n-gram must fit in 63 bits, "
+                f"so n can be at most {int(_INT64_BITS // math.log2(max(vocab_size, 2)))}."
+            )
         if isinstance(smoothing, str):
             if smoothing != "backoff":
                 raise ValueError(f"smoothing must be a number k >= 0 (add-k) or 'backoff', got {smoothing!r}.")
-        elif isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not smoothing >= 0 \
-                or not math.isfinite(smoothing):
+        elif (
+            isinstance(smoothing, bool)
+            or not isinstance(smoothing, (int, float))
+            or not smoothing >= 0
+            or not math.isfinite(smoothing)
+        ):
             raise ValueError(f"smoothing must be a number k >= 0 (add-k) or 'backoff', got {smoothing!r}.")
         self.n = n
         self.vocab_size = vocab_size
@@ -110,7 +118,7 @@ class NGramModel:
         count = tokens.size - m + 1
         codes = np.zeros(max(count, 0), dtype=np.int64)
         for j in range(m):
-            codes = codes * self.vocab_size + tokens[j: j + count]
+            codes = codes * self.vocab_size + tokens[j : j + count]
         return codes
 
     def fit(self, tokens: Any) -> NGramModel:
@@ -190,7 +198,7 @@ class NGramModel:
         The entries sum to 1. A context shorter than n - 1 tokens is predicted from the tokens it has."""
         context = _as_tokens(context, self.vocab_size, "context")
         keep = min(self.n - 1, context.size)
-        history = context[context.size - keep:]
+        history = context[context.size - keep :]
         nexts = np.arange(self.vocab_size, dtype=np.int64)
         return self._probs(np.tile(history, (self.vocab_size, 1)), nexts)
 
@@ -206,14 +214,17 @@ class NGramModel:
         out = np.empty(tokens.size - 1)
         # Positions 1..h-1 have a shorter history than n - 1 tokens: a handful, done one by one.
         for i in range(1, min(h, tokens.size)):
-            out[i - 1] = self._probs(tokens[None, :i], tokens[i:i + 1])[0]
+            out[i - 1] = self._probs(tokens[None, :i], tokens[i : i + 1])[0]
         # Every later position i has its full history tokens[i-h:i]: all of them at once.
         first = max(h, 1)
         if tokens.size > first:
             count = tokens.size - first
-            history = np.stack([tokens[first - h + j: first - h + j + count] for j in range(h)], axis=1) \
-                if h else np.zeros((count, 0), dtype=np.int64)
-            out[first - 1:] = self._probs(history, tokens[first:])
+            history = (
+                np.stack([tokens[first - h + j : first - h + j + count] for j in range(h)], axis=1)
+                if h
+                else np.zeros((count, 0), dtype=np.int64)
+            )
+            out[first - 1 :] = self._probs(history, tokens[first:])
         with np.errstate(divide="ignore"):
             return np.log(out)
 
@@ -236,8 +247,9 @@ class NGramModel:
 
     # ------------------------------------------------------------------------------------------ sampling
 
-    def sample(self, context: Sequence[int], n: int, generator: torch.Generator | np.random.Generator | int | None = None
-               ) -> list[int]:
+    def sample(
+        self, context: Sequence[int], n: int, generator: torch.Generator | np.random.Generator | int | None = None
+    ) -> list[int]:
         """Continue ``context`` by ``n`` sampled tokens; returns context + new tokens as a list of ids.
 
         generator: a ``torch.Generator`` (or a numpy ``Generator``, or an int seed) makes the sample repeat;
@@ -249,7 +261,7 @@ class NGramModel:
         if isinstance(generator, int) and not isinstance(generator, bool):
             generator = torch.Generator().manual_seed(generator)
         for _ in range(n):
-            probs = self.next_token_probs(out[max(0, len(out) - (self.n - 1)):] if self.n > 1 else [])
+            probs = self.next_token_probs(out[max(0, len(out) - (self.n - 1)) :] if self.n > 1 else [])
             if isinstance(generator, np.random.Generator):
                 token = int(generator.choice(self.vocab_size, p=probs / probs.sum()))
             else:

@@ -30,6 +30,7 @@ The pages are hand-made HTML from the late 1990s, so this module is mostly about
 HTML entities (``&amp;``, ``&#146;``) are unescaped by ``html.parser`` inside text only, after the tags are
 recognised, so an escaped ``&lt;`` in the text can never be mistaken for a tag.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -136,8 +137,28 @@ class Episode:
 
 # Tags after which the text on the page starts a new line. Everything else (font, a, span, and the odd
 # mistyped <nr> or <r>) is ignored; source line breaks are plain spaces.
-_BREAKING_TAGS = {"br", "p", "div", "center", "table", "tbody", "tr", "td", "th", "h1", "h2", "h3", "h4",
-                  "h5", "h6", "li", "ul", "ol", "body", "hr"}
+_BREAKING_TAGS = {
+    "br",
+    "p",
+    "div",
+    "center",
+    "table",
+    "tbody",
+    "tr",
+    "td",
+    "th",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "li",
+    "ul",
+    "ol",
+    "body",
+    "hr",
+}
 
 
 @dataclass
@@ -315,9 +336,7 @@ _STRAY_LEADING_PUNCTUATION = re.compile(r"^[.,;)\]]+\s*")
 _BRACKETED_HEADING = re.compile(r"^[\d\s.:]*\[(?P<location>[^\[\]]+)\]$")
 # Voice-over narration that names no speaker: "Station log, stardate ...", "Kira Nerys, personal log, ...",
 # "Permanent Documentation File, Dukat, SG. ...", and a dedication ("In memory of ...").
-_NARRATION = re.compile(
-    r"^(?:(?:[\w'.-]+,?\s+){0,4}(?:log|documentation file)\b|in memory of\b)", re.IGNORECASE
-)
+_NARRATION = re.compile(r"^(?:(?:[\w'.-]+,?\s+){0,4}(?:log|documentation file)\b|in memory of\b)", re.IGNORECASE)
 _HEADING_BRACKETS = "[]{}() "
 
 
@@ -349,7 +368,7 @@ def _speaker_line(text: str, known_speakers: list[str]) -> Line | None:
         return _dialogue(_speaker_name(match.group("name")), match)
     for name in known_speakers:
         if text.startswith(name):
-            rest = _AFTER_NAME_WITHOUT_COLON.match(text[len(name):])
+            rest = _AFTER_NAME_WITHOUT_COLON.match(text[len(name) :])
             if rest:
                 return _dialogue(name, rest)
     return None
@@ -435,5 +454,11 @@ def parse_episode(html: str, number: int) -> Episode:
     header = "\n".join(line.text for line in header_lines)
 
     scenes, unclassified = _split_into_scenes(reader.regions["table"])
-    return Episode(number, " ".join(title.split()), _header_value(_STARDATE, header),
-                   _header_value(_AIRDATE, header), scenes, unclassified)
+    return Episode(
+        number,
+        " ".join(title.split()),
+        _header_value(_STARDATE, header),
+        _header_value(_AIRDATE, header),
+        scenes,
+        unclassified,
+    )

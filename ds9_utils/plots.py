@@ -7,10 +7,11 @@ returns its Figure), so a notebook can add to the picture before it is shown. No
 Characters are hard to read as tick labels when they are invisible, so a newline is drawn as ``⏎``, a space
 as ``·`` and a tab as ``→`` (see ``token_label``).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -46,16 +47,25 @@ def _tick_fontsize(n: int) -> float:
     return float(max(5.0, min(11.0, 420.0 / max(n, 1))))
 
 
-def _draw_map(ax, weights: np.ndarray, labels: list[str], *, vmax: float, fontsize: float,
-              show_ylabels: bool = True, axis_titles: bool = True):
+def _draw_map(
+    ax,
+    weights: np.ndarray,
+    labels: list[str],
+    *,
+    vmax: float,
+    fontsize: float,
+    show_ylabels: bool = True,
+    axis_titles: bool = True,
+):
     import matplotlib
 
     T_query, T_key = weights.shape
     # The future a causal map may not look at (above the diagonal, weight exactly 0) is left white.
     future = np.triu(np.ones((T_query, T_key), dtype=bool), k=1 + T_key - T_query) & (weights == 0)
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
-    image = ax.imshow(np.ma.masked_array(weights, future), cmap=cmap, vmin=0.0, vmax=vmax,
-                      interpolation="nearest", aspect="equal")
+    image = ax.imshow(
+        np.ma.masked_array(weights, future), cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest", aspect="equal"
+    )
     ax.set_xticks(range(T_key))
     ax.set_xticklabels(labels[:T_key], fontsize=fontsize, family="monospace")
     ax.set_yticks(range(T_query))
@@ -75,12 +85,15 @@ def plot_attention(weights, tokens: str | Sequence[str], *, ax=None, title: str 
     """
     weights = _as_array(weights)
     if weights.ndim != 2:
-        raise ValueError(f"plot_attention wants one (T, T) map, got shape {weights.shape}; "
-                         "use plot_attention_grid for several heads, or index one (e.g. maps[0][0, head]).")
+        raise ValueError(
+            f"plot_attention wants one (T, T) map, got shape {weights.shape}; "
+            "use plot_attention_grid for several heads, or index one (e.g. maps[0][0, head])."
+        )
     labels = _token_list(tokens)
     if len(labels) < max(weights.shape):
-        raise ValueError(f"{len(labels)} tokens for a {weights.shape[0]}x{weights.shape[1]} map: "
-                         "pass one token per row/column.")
+        raise ValueError(
+            f"{len(labels)} tokens for a {weights.shape[0]}x{weights.shape[1]} map: pass one token per row/column."
+        )
     T = max(weights.shape)
     if ax is None:
         side = min(12.0, max(4.0, 0.2 * T + 1.5))
@@ -92,8 +105,7 @@ def plot_attention(weights, tokens: str | Sequence[str], *, ax=None, title: str 
     return ax
 
 
-def plot_attention_grid(weights, tokens: str | Sequence[str], *, titles: Sequence[str] | None = None,
-                        ncols: int = 4):
+def plot_attention_grid(weights, tokens: str | Sequence[str], *, titles: Sequence[str] | None = None, ncols: int = 4):
     """Draw several attention maps side by side: ``weights`` is (H, T, T), one map per head
     (a leading batch dimension of 1 is dropped). All maps share one colour scale. Returns the Figure."""
     import matplotlib.pyplot as plt
@@ -121,15 +133,30 @@ def plot_attention_grid(weights, tokens: str | Sequence[str], *, titles: Sequenc
             ax.axis("off")
             continue
         first_column = index % ncols == 0
-        image = _draw_map(ax, weights[index], labels, vmax=vmax, fontsize=fontsize, show_ylabels=first_column,
-                          axis_titles=index // ncols == nrows - 1 or first_column)
+        image = _draw_map(
+            ax,
+            weights[index],
+            labels,
+            vmax=vmax,
+            fontsize=fontsize,
+            show_ylabels=first_column,
+            axis_titles=index // ncols == nrows - 1 or first_column,
+        )
         ax.set_title(titles[index] if titles is not None else f"head {index}", fontsize=10)
     fig.colorbar(image, ax=[a for a in axes.flat[:H]], fraction=0.02, pad=0.02, label="attention weight")
     return fig
 
 
-def plot_matrix(values, *, ax=None, title: str | None = None, xlabel: str | None = None,
-                ylabel: str | None = None, centered: bool = False, colorbar_label: str | None = None):
+def plot_matrix(
+    values,
+    *,
+    ax=None,
+    title: str | None = None,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+    centered: bool = False,
+    colorbar_label: str | None = None,
+):
     """Draw any 2-D table of numbers as a heat map (row 0 at the top), e.g. a position table or a
     similarity matrix. ``centered`` uses a diverging colour scale symmetric around 0, so that positive and
     negative values look alike in strength. Returns the Axes."""
@@ -155,8 +182,13 @@ def plot_matrix(values, *, ax=None, title: str | None = None, xlabel: str | None
     return ax
 
 
-def plot_loss_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, ax=None,
-                     title: str | None = None, ylabel: str = "loss (nats)"):
+def plot_loss_curves(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    ax=None,
+    title: str | None = None,
+    ylabel: str = "loss (nats)",
+):
     """Draw one line per run: ``curves`` maps a label to ``(steps, losses)``. Returns the Axes."""
     if ax is None:
         ax = _new_axes((7.0, 4.0))

@@ -3,6 +3,7 @@
 Everything else in ds9_utils (and every notebook) asks these functions instead of reading the environment
 itself, so a user can move the data with ``DS9_DATA_DIR`` or shrink every experiment with ``DS9_QUICK=1``.
 """
+
 from __future__ import annotations
 
 import os

@@ -11,6 +11,7 @@ Byte-pair encoding is laid out as in Karpathy's minbpe, top to bottom: the two t
 (``count_pairs``, ``merge_pair``), the pre-split patterns, the textbook trainer kept as the reference
 (``textbook_bpe_merges``), the fast trainer (``learn_bpe_merges``) and the tokenizer that uses them.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -20,8 +21,9 @@ import re
 import unicodedata
 from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -83,8 +85,10 @@ class Tokenizer(ABC):
         ``CharTokenizer.load`` (or ``BPETokenizer.load``) also checks that the file holds that kind."""
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"No tokenizer file at {path}; build one (CharTokenizer.from_text(text) or "
-                                    "BPETokenizer().train(text, vocab_size)) and save(path) first.")
+            raise FileNotFoundError(
+                f"No tokenizer file at {path}; build one (CharTokenizer.from_text(text) or "
+                "BPETokenizer().train(text, vocab_size)) and save(path) first."
+            )
         data = json.loads(path.read_text(encoding="utf-8"))
         kind = data.get("type") if isinstance(data, dict) else None
         tokenizer_class = _TOKENIZER_CLASSES.get(kind) if cls is Tokenizer else cls
@@ -105,7 +109,9 @@ class CharTokenizer(Tokenizer):
     def __init__(self, chars: Iterable[str]):
         chars = list(chars)
         if not chars:
-            raise ValueError("A CharTokenizer needs at least one character; build it with CharTokenizer.from_text(text).")
+            raise ValueError(
+                "A CharTokenizer needs at least one character; build it with CharTokenizer.from_text(text)."
+            )
         not_single = [c for c in chars if not isinstance(c, str) or len(c) != 1]
         if not_single:
             raise ValueError(f"Every vocabulary entry must be a single character, got {not_single[:5]!r}.")
@@ -174,23 +180,27 @@ PIECE_CACHE_SIZE = 100_000
 # The originals' possessive quantifiers (?+ and ++) are dropped: Python supports them only from 3.11, and
 # here they change nothing. Every character of any text falls into one of the alternatives, so the pieces
 # always join back into the text.
-GPT2_SPLIT_PATTERN = "|".join([
-    r"'s|'t|'re|'ve|'m|'ll|'d",  # English contractions
-    r" ?[^\W\d_]+",  # a word, with the space before it
-    r" ?\d+",  # a number
-    r" ?(?:[^\s\w]|_)+",  # punctuation and symbols
-    r"\s+(?!\S)",  # spaces, leaving the last one to the word that follows
-    r"\s+",  # any other whitespace
-])
-GPT4_SPLIT_PATTERN = "|".join([
-    r"'(?i:[sdmt]|ll|ve|re)",  # contractions, in any case: 's 'd 'm 't 'll 've 're
-    r"(?:[^\r\n\w]|_)?[^\W\d_]+",  # a word, with one space or punctuation mark before it
-    r"\d{1,3}",  # numbers, at most three digits per piece
-    r" ?(?:[^\s\w]|_)+[\r\n]*",  # punctuation and symbols, with the line breaks after them
-    r"\s*[\r\n]",  # line breaks, with the spaces before them
-    r"\s+(?!\S)",  # spaces, leaving the last one to the word that follows
-    r"\s+",  # any other whitespace
-])
+GPT2_SPLIT_PATTERN = "|".join(
+    [
+        r"'s|'t|'re|'ve|'m|'ll|'d",  # English contractions
+        r" ?[^\W\d_]+",  # a word, with the space before it
+        r" ?\d+",  # a number
+        r" ?(?:[^\s\w]|_)+",  # punctuation and symbols
+        r"\s+(?!\S)",  # spaces, leaving the last one to the word that follows
+        r"\s+",  # any other whitespace
+    ]
+)
+GPT4_SPLIT_PATTERN = "|".join(
+    [
+        r"'(?i:[sdmt]|ll|ve|re)",  # contractions, in any case: 's 'd 'm 't 'll 've 're
+        r"(?:[^\r\n\w]|_)?[^\W\d_]+",  # a word, with one space or punctuation mark before it
+        r"\d{1,3}",  # numbers, at most three digits per piece
+        r" ?(?:[^\s\w]|_)+[\r\n]*",  # punctuation and symbols, with the line breaks after them
+        r"\s*[\r\n]",  # line breaks, with the spaces before them
+        r"\s+(?!\S)",  # spaces, leaving the last one to the word that follows
+        r"\s+",  # any other whitespace
+    ]
+)
 
 
 def count_pairs(ids: Sequence[int], counts: dict[Pair, int] | None = None) -> dict[Pair, int]:
@@ -245,8 +255,9 @@ def textbook_bpe_merges(text: str, num_merges: int, pattern: str | None = GPT4_S
     return merges
 
 
-def _merge_and_count_changes(word: list[int], pair: Pair, new_id: int, weight: int,
-                             changes: defaultdict[Pair, int]) -> list[int]:
+def _merge_and_count_changes(
+    word: list[int], pair: Pair, new_id: int, weight: int, changes: defaultdict[Pair, int]
+) -> list[int]:
     """``merge_pair(word, pair, new_id)``, also adding to ``changes`` how each pair's count changes.
 
     Each merge of ``a b`` into ``N`` inside ``x a b y`` turns the pairs ``(x, a) (a, b) (b, y)`` into
@@ -332,15 +343,21 @@ class BPETokenizer(Tokenizer):
 
     kind = "byte_level_bpe"
 
-    def __init__(self, merges: Iterable[Sequence[int]] = (), pattern: str | None = GPT4_SPLIT_PATTERN,
-                 special_tokens: Iterable[str] = ()):
+    def __init__(
+        self,
+        merges: Iterable[Sequence[int]] = (),
+        pattern: str | None = GPT4_SPLIT_PATTERN,
+        special_tokens: Iterable[str] = (),
+    ):
         if pattern is not None and not isinstance(pattern, str):
             raise TypeError(f"pattern must be a regular expression string or None, got {type(pattern).__name__}.")
         try:
             self._splitter = re.compile(pattern) if pattern else None
         except re.error as error:
-            raise ValueError(f"The pre-split pattern is not a valid regular expression ({error}); pass "
-                             "GPT4_SPLIT_PATTERN, GPT2_SPLIT_PATTERN or None.") from None
+            raise ValueError(
+                f"The pre-split pattern is not a valid regular expression ({error}); pass "
+                "GPT4_SPLIT_PATTERN, GPT2_SPLIT_PATTERN or None."
+            ) from None
         self.pattern = pattern or None
         self._special_names = self._checked_special_tokens(special_tokens)
         self._set_merges(merges)
@@ -356,8 +373,9 @@ class BPETokenizer(Tokenizer):
             try:
                 name.encode("utf-8")
             except UnicodeEncodeError:
-                raise ValueError(f"The special token {name!r} is not valid Unicode text "
-                                 "(it holds a lone surrogate).") from None
+                raise ValueError(
+                    f"The special token {name!r} is not valid Unicode text (it holds a lone surrogate)."
+                ) from None
         if len(set(names)) != len(names):
             raise ValueError("A special token is listed twice; every special token must appear once.")
         return names
@@ -368,14 +386,19 @@ class BPETokenizer(Tokenizer):
         pieces = [bytes([byte]) for byte in range(256)]
         ranks: dict[Pair, int] = {}
         for new_id, merge in enumerate(merges, start=256):
-            if (len(merge) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in merge)
-                    or not all(0 <= i < new_id for i in merge)):
-                raise ValueError(f"Merge {new_id - 256} must be a pair of ids of earlier tokens "
-                                 f"(0..{new_id - 1}), got {merge!r}.")
+            if (
+                len(merge) != 2
+                or not all(isinstance(i, int) and not isinstance(i, bool) for i in merge)
+                or not all(0 <= i < new_id for i in merge)
+            ):
+                raise ValueError(
+                    f"Merge {new_id - 256} must be a pair of ids of earlier tokens (0..{new_id - 1}), got {merge!r}."
+                )
             pair = (merge[0], merge[1])
             if pair in ranks:
-                raise ValueError(f"Merge {new_id - 256} repeats merge {ranks[pair] - 256} {pair}; "
-                                 "every pair is merged once.")
+                raise ValueError(
+                    f"Merge {new_id - 256} repeats merge {ranks[pair] - 256} {pair}; every pair is merged once."
+                )
             ranks[pair] = new_id
             pieces.append(pieces[pair[0]] + pieces[pair[1]])
         #: pair -> the id of the token it becomes, in the order the merges were learned
@@ -399,17 +422,24 @@ class BPETokenizer(Tokenizer):
         and the special tokens); any earlier merges are replaced. Stops early if the pieces of the text run out
         of pairs. Returns the tokenizer itself."""
         if not isinstance(text, str):
-            raise TypeError(f"train needs the text as a str, got {type(text).__name__}; read a file with "
-                            "Path(path).read_text(encoding='utf-8').")
+            raise TypeError(
+                f"train needs the text as a str, got {type(text).__name__}; read a file with "
+                "Path(path).read_text(encoding='utf-8')."
+            )
         if not text:
             raise ValueError("Cannot learn merges from empty text; pass the training corpus.")
         smallest = 256 + len(self._special_names)
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < smallest:
-            raise ValueError(f"vocab_size must be an integer of at least {smallest} (256 byte values "
-                             f"+ {len(self._special_names)} special tokens), got {vocab_size!r}.")
+            raise ValueError(
+                f"vocab_size must be an integer of at least {smallest} (256 byte values "
+                f"+ {len(self._special_names)} special tokens), got {vocab_size!r}."
+            )
         piece_counts = Counter(self._split(text))
-        merges = learn_bpe_merges({text_bytes(piece): count for piece, count in piece_counts.items()},
-                                  vocab_size - smallest, progress=progress)
+        merges = learn_bpe_merges(
+            {text_bytes(piece): count for piece, count in piece_counts.items()},
+            vocab_size - smallest,
+            progress=progress,
+        )
         self._set_merges(merges)
         return self
 
@@ -455,15 +485,19 @@ class BPETokenizer(Tokenizer):
         """
         if isinstance(allowed_special, str):
             if allowed_special != "all":
-                raise ValueError(f"allowed_special must be 'all' or a collection of special tokens, e.g. "
-                                 f"[{allowed_special!r}], got the string {allowed_special!r}.")
+                raise ValueError(
+                    f"allowed_special must be 'all' or a collection of special tokens, e.g. "
+                    f"[{allowed_special!r}], got the string {allowed_special!r}."
+                )
             allowed = list(self._special_names)
         else:
             allowed = list(allowed_special)
         unknown = [name for name in allowed if name not in self._special_names]
         if unknown:
-            raise ValueError(f"{unknown!r} are not special tokens of this tokenizer; its special tokens are "
-                             f"{self._special_names!r} (set them with BPETokenizer(special_tokens=[...])).")
+            raise ValueError(
+                f"{unknown!r} are not special tokens of this tokenizer; its special tokens are "
+                f"{self._special_names!r} (set them with BPETokenizer(special_tokens=[...]))."
+            )
         if not allowed:
             return self.encode_ordinary(text)
         special_ids = self.special_tokens
@@ -517,18 +551,28 @@ class BPETokenizer(Tokenizer):
         special_tokens = data.get("special_tokens") or {}
         if not isinstance(special_tokens, dict):
             raise ValueError(f"special_tokens must map each special token to its id, got {special_tokens!r}.")
-        tokenizer = cls([entry[:2] for entry in data["merges"]], pattern=data.get("pattern"),
-                        special_tokens=sorted(special_tokens, key=special_tokens.get))
+        tokenizer = cls(
+            [entry[:2] for entry in data["merges"]],
+            pattern=data.get("pattern"),
+            special_tokens=sorted(special_tokens, key=special_tokens.get),
+        )
         if tokenizer.special_tokens != special_tokens:
-            raise ValueError(f"The special tokens' ids {special_tokens} must follow the merges, from "
-                             f"{256 + len(tokenizer.merges)} on: expected {tokenizer.special_tokens}.")
+            raise ValueError(
+                f"The special tokens' ids {special_tokens} must follow the merges, from "
+                f"{256 + len(tokenizer.merges)} on: expected {tokenizer.special_tokens}."
+            )
         return tokenizer
 
     def __repr__(self) -> str:
-        pattern = {GPT4_SPLIT_PATTERN: "GPT4_SPLIT_PATTERN", GPT2_SPLIT_PATTERN: "GPT2_SPLIT_PATTERN",
-                   None: "None"}.get(self.pattern, "custom")
-        return (f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, pattern={pattern}, "
-                f"special_tokens={self._special_names!r})")
+        pattern = {
+            GPT4_SPLIT_PATTERN: "GPT4_SPLIT_PATTERN",
+            GPT2_SPLIT_PATTERN: "GPT2_SPLIT_PATTERN",
+            None: "None",
+        }.get(self.pattern, "custom")
+        return (
+            f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, pattern={pattern}, "
+            f"special_tokens={self._special_names!r})"
+        )
 
 
 def _readable_json(data: dict[str, Any]) -> str:

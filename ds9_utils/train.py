@@ -13,15 +13,17 @@ The same loop also runs as one of several processes that train together (data pa
 ``SingleProcess`` object, which does nothing here, and ``ds9_utils.distributed.DataParallel`` replaces it
 under ``torchrun``.
 """
+
 from __future__ import annotations
 
 import contextlib
 import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -66,8 +68,9 @@ class TrainConfig:
         if self.max_steps < 0 or self.warmup_steps < 0:
             raise ValueError("TrainConfig.max_steps and warmup_steps must not be negative")
         if not 0 <= self.min_lr <= self.learning_rate:
-            raise ValueError(f"TrainConfig.min_lr ({self.min_lr}) must be between 0 and "
-                             f"learning_rate ({self.learning_rate})")
+            raise ValueError(
+                f"TrainConfig.min_lr ({self.min_lr}) must be between 0 and learning_rate ({self.learning_rate})"
+            )
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise ValueError(f"TrainConfig.max_seconds must be positive or None, got {self.max_seconds}")
 
@@ -90,30 +93,59 @@ PRESETS: dict[str, Preset] = {
         name="quick",
         description="a toy model that trains in a few seconds: for tests and DS9_QUICK=1 runs",
         model_kwargs=dict(block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0),
-        train_config=TrainConfig(batch_size=16, max_steps=200, learning_rate=3e-3, min_lr=3e-4,
-                                 warmup_steps=20, eval_interval=50, eval_iters=10, log_interval=10),
+        train_config=TrainConfig(
+            batch_size=16,
+            max_steps=200,
+            learning_rate=3e-3,
+            min_lr=3e-4,
+            warmup_steps=20,
+            eval_interval=50,
+            eval_iters=10,
+            log_interval=10,
+        ),
     ),
     "small": Preset(
         name="small",
         description="the cpu model's shape trained for a few minutes: what a chapter trains when notebook 09's "
-                    "model is missing",
+        "model is missing",
         model_kwargs=dict(block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
-        train_config=TrainConfig(batch_size=32, max_steps=600, learning_rate=2e-3, min_lr=2e-4,
-                                 warmup_steps=50, eval_interval=100, eval_iters=20),
+        train_config=TrainConfig(
+            batch_size=32,
+            max_steps=600,
+            learning_rate=2e-3,
+            min_lr=2e-4,
+            warmup_steps=50,
+            eval_interval=100,
+            eval_iters=20,
+        ),
     ),
     "cpu": Preset(
         name="cpu",
         description="the course model: a good small model in about 20-30 minutes on a 2-core laptop CPU",
         model_kwargs=dict(block_size=128, n_layer=4, n_head=4, n_embd=192, dropout=0.0),
-        train_config=TrainConfig(batch_size=32, max_steps=4000, learning_rate=2e-3, min_lr=2e-4,
-                                 warmup_steps=100, eval_interval=250, eval_iters=40),
+        train_config=TrainConfig(
+            batch_size=32,
+            max_steps=4000,
+            learning_rate=2e-3,
+            min_lr=2e-4,
+            warmup_steps=100,
+            eval_interval=250,
+            eval_iters=40,
+        ),
     ),
     "gpu": Preset(
         name="gpu",
         description="nanoGPT's shakespeare-char model: 6 layers, 384 wide, a few minutes on a modern GPU",
         model_kwargs=dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
-        train_config=TrainConfig(batch_size=64, max_steps=5000, learning_rate=1e-3, min_lr=1e-4,
-                                 warmup_steps=100, eval_interval=250, eval_iters=200),
+        train_config=TrainConfig(
+            batch_size=64,
+            max_steps=5000,
+            learning_rate=1e-3,
+            min_lr=1e-4,
+            warmup_steps=100,
+            eval_interval=250,
+            eval_iters=200,
+        ),
     ),
 }
 
@@ -163,8 +195,14 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def get_batch(data: Tensor, block_size: int, batch_size: int, generator: torch.Generator | None = None,
-              device: str | torch.device = "cpu", rows: slice | None = None) -> tuple[Tensor, Tensor]:
+def get_batch(
+    data: Tensor,
+    block_size: int,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+    rows: slice | None = None,
+) -> tuple[Tensor, Tensor]:
     """Pick ``batch_size`` random windows of ``block_size`` tokens; the targets are the inputs shifted by one.
 
     The indices are drawn on the CPU from ``generator``, so the same seed gives the same batches on any device.
@@ -174,13 +212,15 @@ def get_batch(data: Tensor, block_size: int, batch_size: int, generator: torch.G
     if data.dim() != 1:
         raise ValueError(f"data must be a 1-D tensor of token ids, got shape {tuple(data.shape)}")
     if len(data) <= block_size:
-        raise ValueError(f"data has {len(data)} tokens but a window needs block_size + 1 = {block_size + 1}: "
-                         "use more text or a smaller block_size")
+        raise ValueError(
+            f"data has {len(data)} tokens but a window needs block_size + 1 = {block_size + 1}: "
+            "use more text or a smaller block_size"
+        )
     starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
     if rows is not None:
         starts = starts[rows]
-    x = torch.stack([data[i:i + block_size] for i in starts])
-    y = torch.stack([data[i + 1:i + 1 + block_size] for i in starts])
+    x = torch.stack([data[i : i + block_size] for i in starts])
+    y = torch.stack([data[i + 1 : i + 1 + block_size] for i in starts])
     device = torch.device(device)
     if device.type == "cuda":
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
@@ -232,9 +272,18 @@ def _autocast(device: str | torch.device, enabled: bool) -> contextlib.AbstractC
 
 
 @torch.no_grad()
-def estimate_loss(model: torch.nn.Module, splits: dict[str, Tensor], *, eval_iters: int = 20,
-                  batch_size: int = 12, block_size: int | None = None, device: str | torch.device | None = None,
-                  seed: int = 0, autocast: bool = True, rows: slice | None = None) -> dict[str, float]:
+def estimate_loss(
+    model: torch.nn.Module,
+    splits: dict[str, Tensor],
+    *,
+    eval_iters: int = 20,
+    batch_size: int = 12,
+    block_size: int | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    autocast: bool = True,
+    rows: slice | None = None,
+) -> dict[str, float]:
     """Mean loss (nats per token) over ``eval_iters`` random batches of each split, in eval mode.
 
     The batches come from a generator seeded with ``seed``, so every call sees the same windows: a change
@@ -289,6 +338,7 @@ class TrainResult:
 
 # ---------------------------------------------------------------------------------------------- checkpoints
 
+
 @dataclass
 class Checkpoint:
     """A loaded checkpoint: the rebuilt model (in eval mode) and what trained it."""
@@ -319,10 +369,18 @@ def _restore_rng_states(states: dict[str, Any], generator: torch.Generator) -> N
         torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
 
 
-def save_checkpoint(path: str | Path, *, model: GPT, optimizer: torch.optim.Optimizer | None,
-                    train_config: TrainConfig, step: int, history: dict[str, list],
-                    best_val_loss: float = float("inf"), tokenizer: Any = None,
-                    generator: torch.Generator | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: GPT,
+    optimizer: torch.optim.Optimizer | None,
+    train_config: TrainConfig,
+    step: int,
+    history: dict[str, list],
+    best_val_loss: float = float("inf"),
+    tokenizer: Any = None,
+    generator: torch.Generator | None = None,
+) -> Path:
     """Write a checkpoint atomically: to a temporary file in the same folder, then renamed over ``path``.
 
     A crash or Ctrl-C in the middle leaves the previous checkpoint untouched. Only tensors and plain
@@ -356,8 +414,10 @@ def _read_checkpoint(path: str | Path, map_location: str | torch.device) -> dict
     try:
         raw = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for a file that is not one of its archives
-        raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}): it may be truncated "
-                         f"or another kind of file; delete it and {TRAIN_HINT}") from error
+        raise ValueError(
+            f"{path} is not a readable checkpoint ({type(error).__name__}): it may be truncated "
+            f"or another kind of file; delete it and {TRAIN_HINT}"
+        ) from error
     if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is a torch file but not a ds9_utils checkpoint: {TRAIN_HINT}")
     return raw
@@ -387,13 +447,15 @@ def load_checkpoint(path: str | Path, device: str | None = None) -> Checkpoint:
         history=raw["history"],
         best_val_loss=raw["best_val_loss"],
         model_config=model_config,
-        train_config=TrainConfig(**{f.name: raw["train_config"][f.name] for f in fields(TrainConfig)
-                                    if f.name in raw["train_config"]}),
+        train_config=TrainConfig(
+            **{f.name: raw["train_config"][f.name] for f in fields(TrainConfig) if f.name in raw["train_config"]}
+        ),
         raw=raw,
     )
 
 
 # ---------------------------------------------------------------------------------------------- live plot
+
 
 def _loss_curve_png(history: dict[str, list]) -> bytes:
     """Draw the train and validation loss curves (nats on the left, bits per character on the right)."""
@@ -406,7 +468,8 @@ def _loss_curve_png(history: dict[str, list]) -> bytes:
     axes.set_xlabel("step")
     axes.set_ylabel("loss (nats per character)")
     axes.secondary_yaxis("right", functions=(bits_per_char, lambda bits: bits * math.log(2))).set_ylabel(
-        "bits per character")
+        "bits per character"
+    )
     if history["val_loss"]:
         latest = history["val_loss"][-1]
         axes.set_title(f"step {history['steps'][-1]}: validation {latest:.3f} nats = {bits_per_char(latest):.3f} bpc")
@@ -442,6 +505,7 @@ class _LiveLossPlot:
 
 # ---------------------------------------------------------------------------------------------- the loop
 
+
 def _as_token_tensor(data: Tensor | Any, name: str) -> Tensor:
     data = torch.as_tensor(data, dtype=torch.long)
     if data.dim() != 1:
@@ -449,11 +513,20 @@ def _as_token_tensor(data: Tensor | Any, name: str) -> Tensor:
     return data
 
 
-def train(model: GPT, train_data: Tensor, val_data: Tensor, cfg: TrainConfig, *, tokenizer: Any = None,
-          checkpoint_path: str | Path | None = None, resume: bool = False, progress: bool = True,
-          live_plot: bool = False,
-          callback: Callable[[int, dict[str, float]], bool | None] | None = None,
-          parallel: SingleProcess | None = None) -> TrainResult:
+def train(
+    model: GPT,
+    train_data: Tensor,
+    val_data: Tensor,
+    cfg: TrainConfig,
+    *,
+    tokenizer: Any = None,
+    checkpoint_path: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    live_plot: bool = False,
+    callback: Callable[[int, dict[str, float]], bool | None] | None = None,
+    parallel: SingleProcess | None = None,
+) -> TrainResult:
     """Train ``model`` on ``train_data`` (1-D token ids), evaluating on ``val_data`` every ``eval_interval`` steps.
 
     The model is moved to ``cfg.device``. With ``checkpoint_path``, a checkpoint is written after every
@@ -469,8 +542,10 @@ def train(model: GPT, train_data: Tensor, val_data: Tensor, cfg: TrainConfig, *,
     """
     parallel = parallel or SingleProcess()
     if cfg.batch_size % parallel.world_size:
-        raise ValueError(f"batch_size {cfg.batch_size} cannot be split evenly between {parallel.world_size} "
-                         "processes: make it a multiple of the number of processes")
+        raise ValueError(
+            f"batch_size {cfg.batch_size} cannot be split evenly between {parallel.world_size} "
+            "processes: make it a multiple of the number of processes"
+        )
     device = cfg.device or choose_device()
     train_data = _as_token_tensor(train_data, "train_data")
     val_data = _as_token_tensor(val_data, "val_data")
@@ -484,12 +559,16 @@ def train(model: GPT, train_data: Tensor, val_data: Tensor, cfg: TrainConfig, *,
     if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
         saved = _read_checkpoint(checkpoint_path, map_location="cpu")
         if saved["model_config"] != asdict(model.config):
-            raise ValueError(f"the checkpoint at {checkpoint_path} is for a different model "
-                             f"({saved['model_config']}); build the model from that config, "
-                             "or pass resume=False to start afresh")
+            raise ValueError(
+                f"the checkpoint at {checkpoint_path} is for a different model "
+                f"({saved['model_config']}); build the model from that config, "
+                "or pass resume=False to start afresh"
+            )
         if saved["optimizer"] is None:
-            raise ValueError(f"the checkpoint at {checkpoint_path} holds no optimizer state, so training cannot "
-                             "continue exactly; pass resume=False to start afresh")
+            raise ValueError(
+                f"the checkpoint at {checkpoint_path} holds no optimizer state, so training cannot "
+                "continue exactly; pass resume=False to start afresh"
+            )
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         step, history, best_val_loss = saved["step"], saved["history"], saved["best_val_loss"]
@@ -507,9 +586,16 @@ def train(model: GPT, train_data: Tensor, val_data: Tensor, cfg: TrainConfig, *,
         nonlocal best_val_loss, eval_seconds
         _synchronize(device)
         eval_started = time.perf_counter()
-        losses = estimate_loss(model, {"train": train_data, "val": val_data}, eval_iters=cfg.eval_iters,
-                               batch_size=cfg.batch_size, block_size=block_size, device=device,
-                               autocast=cfg.autocast, rows=rows)
+        losses = estimate_loss(
+            model,
+            {"train": train_data, "val": val_data},
+            eval_iters=cfg.eval_iters,
+            batch_size=cfg.batch_size,
+            block_size=block_size,
+            device=device,
+            autocast=cfg.autocast,
+            rows=rows,
+        )
         losses = parallel.mean(losses)
         history["steps"].append(step)
         history["train_loss"].append(losses["train"])
@@ -517,21 +603,38 @@ def train(model: GPT, train_data: Tensor, val_data: Tensor, cfg: TrainConfig, *,
         history["lr"].append(lr_at(step, cfg))
         best_val_loss = min(best_val_loss, losses["val"])
         if checkpoint_path is not None and parallel.is_main:
-            save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, train_config=cfg, step=step,
-                            history=history, best_val_loss=best_val_loss, tokenizer=tokenizer,
-                            generator=generator)
+            save_checkpoint(
+                checkpoint_path,
+                model=model,
+                optimizer=optimizer,
+                train_config=cfg,
+                step=step,
+                history=history,
+                best_val_loss=best_val_loss,
+                tokenizer=tokenizer,
+                generator=generator,
+            )
         if plot is not None:
             plot.update(history)
         postfix.update(val=f"{losses['val']:.3f}", bpc=f"{bits_per_char(losses['val']):.3f}")
         bar.set_postfix(postfix)
         eval_seconds += time.perf_counter() - eval_started
-        metrics = {"train_loss": losses["train"], "val_loss": losses["val"],
-                   "val_bpc": bits_per_char(losses["val"]), "lr": lr_at(step, cfg)}
+        metrics = {
+            "train_loss": losses["train"],
+            "val_loss": losses["val"],
+            "val_bpc": bits_per_char(losses["val"]),
+            "lr": lr_at(step, cfg),
+        }
         wants_stop = callback is not None and parallel.is_main and bool(callback(step, metrics))
         return parallel.any(wants_stop)
 
-    with tqdm(total=cfg.max_steps, initial=min(step, cfg.max_steps), disable=not (progress and parallel.is_main),
-              desc="training", unit="step") as bar:
+    with tqdm(
+        total=cfg.max_steps,
+        initial=min(step, cfg.max_steps),
+        disable=not (progress and parallel.is_main),
+        desc="training",
+        unit="step",
+    ) as bar:
         stop = evaluate() if not history["steps"] else False  # a fresh run starts with the untrained loss
         if stop:
             stop_reason = "callback"

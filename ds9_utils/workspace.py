@@ -3,6 +3,7 @@
 Every notebook starts by calling ``setup_notebook()``, so a chapter opened on its own on Kaggle or Colab
 fetches what it needs, and one opened in a clone of the course reuses the cache in ``data/``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,8 +27,10 @@ class Workspace:
 
     def __str__(self) -> str:
         mode = "quick mode (small and fast, as in the tests)" if self.quick else "full mode"
-        return (f"data folder: {self.data_dir}\ncorpus:      {self.corpus_dir}\n"
-                f"device:      {self.device}\nmode:        {mode}")
+        return (
+            f"data folder: {self.data_dir}\ncorpus:      {self.corpus_dir}\n"
+            f"device:      {self.device}\nmode:        {mode}"
+        )
 
     def _repr_pretty_(self, printer, cycle) -> None:
         printer.text(str(self))

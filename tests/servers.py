@@ -1,4 +1,5 @@
 """Real HTTP servers on 127.0.0.1 for the tests: the shared mirror of the site, and one that misbehaves."""
+
 from __future__ import annotations
 
 import socket

@@ -1,4 +1,5 @@
 """Byte-level BPE: exact round trips, the same merges as the textbook trainer, special tokens, files, errors."""
+
 import json
 import re
 
@@ -187,7 +188,8 @@ def test_the_file_is_readable_json_with_one_merge_per_line(tmp_path, tokenizers)
     first_merge = next(iter(tokenizer.merges.items()))
     (first, second), new_id = first_merge
     assert json.dumps([first, second, tokenizer.render_token(new_id)], ensure_ascii=False) + "," in [
-        line.strip() for line in lines]
+        line.strip() for line in lines
+    ]
     assert len(lines) > len(tokenizer.merges)  # one line each
     data = json.loads(path.read_text(encoding="utf-8"))
     assert data["special_tokens"] == {END_OF_SCENE: 256 + len(tokenizer.merges)}
@@ -196,8 +198,15 @@ def test_the_file_is_readable_json_with_one_merge_per_line(tmp_path, tokenizers)
 def test_a_checkpoint_keeps_the_bpe_tokenizer(tmp_path, tokenizers):
     tokenizer = tokenizers["gpt2"]
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=8, n_layer=1, n_head=1, n_embd=8))
-    path = save_checkpoint(tmp_path / "model.pt", model=model, optimizer=None, train_config=TrainConfig(),
-                           step=0, history={}, tokenizer=tokenizer)
+    path = save_checkpoint(
+        tmp_path / "model.pt",
+        model=model,
+        optimizer=None,
+        train_config=TrainConfig(),
+        step=0,
+        history={},
+        tokenizer=tokenizer,
+    )
     loaded = load_checkpoint(path, device="cpu").tokenizer
     assert isinstance(loaded, BPETokenizer)
     assert loaded.merges == tokenizer.merges and loaded.pattern == tokenizer.pattern

@@ -5,6 +5,7 @@ line of JSON; a problem the user can fix is one line on stderr and a non-zero ex
 The downloader's own behaviour (retries, the cache, an unreachable site given by DS9_BASE_URL) is tested in
 ``test_download.py``.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,14 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "ds9_utils", *args], capture_output=True, text=True,
-                          timeout=300, env=env, cwd=PROJECT_ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "ds9_utils", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=PROJECT_ROOT,
+    )
 
 
 def last_json_line(result: subprocess.CompletedProcess) -> dict:

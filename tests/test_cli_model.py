@@ -3,6 +3,7 @@
 Every command runs in a subprocess with its own data folder, in quick mode (set by conftest.py), and is judged
 by what it prints, the files it leaves, and its exit status.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,14 @@ SAMPLE_LINES = [
 
 def run_cli(*args: str, data_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     environment = {**os.environ, "DS9_DATA_DIR": str(data_dir), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "ds9_utils", *args], capture_output=True, text=True,
-                          cwd=PROJECT_ROOT, env=environment, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "ds9_utils", *args],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        env=environment,
+        timeout=600,
+    )
 
 
 def last_json(output: str) -> dict:
@@ -47,8 +54,9 @@ def trained(tmp_path_factory, text_file) -> tuple[Path, dict]:
     """A quick model trained on a small text file for 30 steps: its checkpoint and the printed summary."""
     data = tmp_path_factory.mktemp("data")
     out = data / "wardroom.pt"
-    result = run_cli("train", "--text", str(text_file), "--preset", "quick", "--max-steps", "30",
-                     "--out", str(out), data_dir=data)
+    result = run_cli(
+        "train", "--text", str(text_file), "--preset", "quick", "--max-steps", "30", "--out", str(out), data_dir=data
+    )
     assert result.returncode == 0, result.stderr
     return out, last_json(result.stdout)
 
@@ -66,8 +74,9 @@ def test_train_prints_a_json_summary_and_writes_a_loadable_checkpoint(trained):
 def test_train_refuses_to_overwrite_a_run_without_resume(trained, text_file, tmp_path):
     out, _ = trained
     before = out.read_bytes()
-    result = run_cli("train", "--text", str(text_file), "--preset", "quick", "--max-steps", "5",
-                     "--out", str(out), data_dir=tmp_path)
+    result = run_cli(
+        "train", "--text", str(text_file), "--preset", "quick", "--max-steps", "5", "--out", str(out), data_dir=tmp_path
+    )
     assert result.returncode == 2
     assert "--resume" in result.stderr and "already exists" in result.stderr
     assert out.read_bytes() == before, "the existing checkpoint must be left as it was"
@@ -77,8 +86,19 @@ def test_train_resume_continues_from_the_checkpoint(trained, text_file, tmp_path
     out, _ = trained
     copy = tmp_path / "copy.pt"
     copy.write_bytes(out.read_bytes())
-    result = run_cli("train", "--text", str(text_file), "--preset", "quick", "--max-steps", "40",
-                     "--out", str(copy), "--resume", data_dir=tmp_path)
+    result = run_cli(
+        "train",
+        "--text",
+        str(text_file),
+        "--preset",
+        "quick",
+        "--max-steps",
+        "40",
+        "--out",
+        str(copy),
+        "--resume",
+        data_dir=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert last_json(result.stdout)["steps"] == 40
     assert torch.load(copy, weights_only=True)["history"]["steps"][0] == 0, "the history of the first run is kept"
@@ -86,8 +106,7 @@ def test_train_resume_continues_from_the_checkpoint(trained, text_file, tmp_path
 
 def test_generate_continues_the_prompt_and_is_reproducible(trained, tmp_path):
     out, _ = trained
-    args = ("generate", "--checkpoint", str(out), "--prompt", "CAPTAIN:", "--max-new-tokens", "60",
-            "--seed", "7")
+    args = ("generate", "--checkpoint", str(out), "--prompt", "CAPTAIN:", "--max-new-tokens", "60", "--seed", "7")
     first, second = run_cli(*args, data_dir=tmp_path), run_cli(*args, data_dir=tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("CAPTAIN:")
@@ -95,12 +114,15 @@ def test_generate_continues_the_prompt_and_is_reproducible(trained, tmp_path):
     assert first.stdout == second.stdout, "the same seed gives the same scene"
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--temperature", "-1"), "temperature"),
-    (("--top-p", "1.5"), "top_p"),
-    (("--top-k", "0"), "top_k"),
-    (("--prompt", "CAPTAIN: \u00a1Hola!"), "'\u00a1'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--temperature", "-1"), "temperature"),
+        (("--top-p", "1.5"), "top_p"),
+        (("--top-k", "0"), "top_k"),
+        (("--prompt", "CAPTAIN: \u00a1Hola!"), "'\u00a1'"),
+    ],
+)
 def test_generate_rejects_bad_arguments_with_one_clear_line(trained, tmp_path, args, message):
     out, _ = trained
     result = run_cli("generate", "--checkpoint", str(out), "--prompt", "CAPTAIN:", *args, data_dir=tmp_path)

@@ -3,6 +3,7 @@
 Small corpora are built here from pages written in the site's layout with original text; one test builds
 the real corpus from the shared mirror (skipped where there is none).
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,9 @@ def page(title: str, body: str) -> bytes:
 
 
 def index(numbers: list[int]) -> bytes:
-    rows = "".join(f'<tr><td><a href="{n}.htm">Episode {n}</a></td><td>{n}</td><td>1 Jan, 2099</td></tr>'
-                   for n in numbers)
+    rows = "".join(
+        f'<tr><td><a href="{n}.htm">Episode {n}</a></td><td>{n}</td><td>1 Jan, 2099</td></tr>' for n in numbers
+    )
     return f"<html><body><h2>Season 7</h2><table>{rows}</table></body></html>".encode()
 
 
@@ -50,9 +52,11 @@ def write_site(folder: Path, count: int = 10) -> list[int]:
     folder.mkdir(parents=True, exist_ok=True)
     numbers = list(range(901, 901 + count))
     for n in numbers:
-        body = (f"<p>Station log, stardate 99{n}.1. Nothing to report.</p>"
-                f"<b>[Ops]</b><p>TARVEK: Episode {n} begins.<br>MELLIN [OC]: (distant) Copy that.<br>"
-                f"(The doors open)</p><b>[Lemmo's shop]</b><p>LEMMO: It\u2019s {n} strips of latinum \u2014 final.</p>")
+        body = (
+            f"<p>Station log, stardate 99{n}.1. Nothing to report.</p>"
+            f"<b>[Ops]</b><p>TARVEK: Episode {n} begins.<br>MELLIN [OC]: (distant) Copy that.<br>"
+            f"(The doors open)</p><b>[Lemmo's shop]</b><p>LEMMO: It\u2019s {n} strips of latinum \u2014 final.</p>"
+        )
         (folder / f"{n}.htm").write_bytes(page(f"Story {n}", body))
     (folder / "episodes.htm").write_bytes(index(numbers))
     return numbers
@@ -63,16 +67,22 @@ def write_site(folder: Path, count: int = 10) -> list[int]:
 
 def test_rendered_episode_format():
     episode = Episode(
-        number=901, title="The Invented Gambit", stardate=None, airdate=None,
+        number=901,
+        title="The Invented Gambit",
+        stardate=None,
+        airdate=None,
         scenes=[
             Scene("", [Line("direction", None, "Station log, stardate 99101.5. All quiet.")]),
-            Scene("Ops", [
-                Line("dialogue", "KIRA", "The freighter is late again."),
-                Line("dialogue", "O'BRIEN", "Give me a minute.", parenthetical="from under the console"),
-                Line("dialogue", "DAX", "Dax to Ops.", modifier="OC"),
-                Line("dialogue", "TARVEK", "", parenthetical="sighs"),
-                Line("direction", None, "Kira taps her combadge"),
-            ]),
+            Scene(
+                "Ops",
+                [
+                    Line("dialogue", "KIRA", "The freighter is late again."),
+                    Line("dialogue", "O'BRIEN", "Give me a minute.", parenthetical="from under the console"),
+                    Line("dialogue", "DAX", "Dax to Ops.", modifier="OC"),
+                    Line("dialogue", "TARVEK", "", parenthetical="sighs"),
+                    Line("direction", None, "Kira taps her combadge"),
+                ],
+            ),
             Scene("Promenade", [Line("dialogue", "QUARK", "Customers!")]),
         ],
     )
@@ -114,9 +124,11 @@ def test_build_writes_the_corpus_from_pages(tmp_path):
     corpus = (tmp_path / "corpus" / "corpus.txt").read_text(encoding="utf-8")
 
     assert [int(n) for n, _ in HEADER.findall(corpus)] == numbers
-    assert corpus.startswith("=== 901: Story 901 ===\n\n(Station log, stardate 99901.1. Nothing to report.)\n\n[Ops]\n"
-                             "TARVEK: Episode 901 begins.\nMELLIN [OC]: (distant) Copy that.\n(The doors open)\n\n"
-                             "[Lemmo's shop]\nLEMMO: It's 901 strips of latinum - final.\n\n=== 902: Story 902 ===\n")
+    assert corpus.startswith(
+        "=== 901: Story 901 ===\n\n(Station log, stardate 99901.1. Nothing to report.)\n\n[Ops]\n"
+        "TARVEK: Episode 901 begins.\nMELLIN [OC]: (distant) Copy that.\n(The doors open)\n\n"
+        "[Lemmo's shop]\nLEMMO: It's 901 strips of latinum - final.\n\n=== 902: Story 902 ===\n"
+    )
     assert "Footer" not in corpus and "\r" not in corpus and not re.search(r" $", corpus, re.MULTILINE)
     assert summary.episodes == 10 and summary.characters == len(corpus)
     assert summary.vocab_size == len(set(corpus))
@@ -171,7 +183,8 @@ def test_files_are_replaced_atomically(tmp_path):
     new_text = (tmp_path / "corpus" / "corpus.txt").read_text(encoding="utf-8")
     assert len(HEADER.findall(new_text)) == 9
     assert sorted(path.name for path in (tmp_path / "corpus").iterdir()) == sorted(
-        ["corpus.txt", "train.txt", "val.txt", "test.txt", "split.json", "episodes.jsonl"])  # no temporary files
+        ["corpus.txt", "train.txt", "val.txt", "test.txt", "split.json", "episodes.jsonl"]
+    )  # no temporary files
 
 
 # -------------------------------------------------------------------------------------------- the split
@@ -204,8 +217,10 @@ def test_split_files_hold_whole_episodes(tmp_path):
     write_site(tmp_path / "pages", count=12)
     summary = build_corpus(tmp_path / "pages", tmp_path / "corpus")
     record = json.loads((tmp_path / "corpus" / "split.json").read_text())
-    in_files = {name: [int(n) for n, _ in HEADER.findall(load_split(name, tmp_path / "corpus"))]
-                for name in ("train", "val", "test")}
+    in_files = {
+        name: [int(n) for n, _ in HEADER.findall(load_split(name, tmp_path / "corpus"))]
+        for name in ("train", "val", "test")
+    }
     assert in_files == {name: record[name] for name in ("train", "val", "test")}
     assert sorted(sum(in_files.values(), [])) == list(range(901, 913))
     assert summary.split_episodes == {name: len(numbers) for name, numbers in in_files.items()}

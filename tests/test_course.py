@@ -1,4 +1,5 @@
 """The course model's plumbing: its data, and the fallback a chapter uses when notebook 09 has not run."""
+
 from __future__ import annotations
 
 import pytest
@@ -50,8 +51,7 @@ def test_load_course_model_trains_a_small_model_once_then_reuses_it(small_corpus
     saved = small.stat().st_mtime_ns
     second = course.load_course_model(progress=False)
     assert capsys.readouterr().out == "" and small.stat().st_mtime_ns == saved
-    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(),
-                                                 second.model.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()))
 
 
 def test_load_course_model_prefers_notebook_09s_checkpoint(small_corpus):

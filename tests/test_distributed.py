@@ -3,6 +3,7 @@
 The main test starts ``torchrun`` with two CPU processes talking over gloo on 127.0.0.1 and checks that the
 model they train together is the model one process trains on the same global batch.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,9 @@ from ds9_utils.model import GPT
 from ds9_utils.train import PRESETS, SingleProcess, get_batch, load_checkpoint, set_seed, train
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-TEXT = "".join(f"Sisko: Report, Major. Kira: Three ships on sensors, {n} kilometres out.\nO'Brien: Aye.\n"
-               for n in range(400))
+TEXT = "".join(
+    f"Sisko: Report, Major. Kira: Three ships on sensors, {n} kilometres out.\nO'Brien: Aye.\n" for n in range(400)
+)
 STEPS = 6
 
 
@@ -40,8 +42,10 @@ def max_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
 def test_ranks_read_disjoint_shares_that_make_up_the_global_batch():
     data = torch.arange(1000)
     whole_x, whole_y = get_batch(data, 16, 12, torch.Generator().manual_seed(3))
-    shares = [get_batch(data, 16, 12, torch.Generator().manual_seed(3), rows=DataParallel(rank, 3, "cpu").rows(12))
-              for rank in range(3)]
+    shares = [
+        get_batch(data, 16, 12, torch.Generator().manual_seed(3), rows=DataParallel(rank, 3, "cpu").rows(12))
+        for rank in range(3)
+    ]
     assert [share[0].shape for share in shares] == [(4, 16)] * 3
     assert torch.equal(torch.cat([x for x, _ in shares]), whole_x)
     assert torch.equal(torch.cat([y for _, y in shares]), whole_y)
@@ -74,12 +78,30 @@ def test_cli_refuses_to_overwrite_a_run_without_resume(tmp_path: Path, text_file
     assert "--resume" in capsys.readouterr().err
 
 
-def test_two_ranks_with_gloo_train_the_model_one_process_trains_on_the_same_global_batch(tmp_path: Path,
-                                                                                           text_file: Path):
+def test_two_ranks_with_gloo_train_the_model_one_process_trains_on_the_same_global_batch(
+    tmp_path: Path, text_file: Path
+):
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "ds9_utils.distributed", "--preset", "quick", "--max-steps", str(STEPS),
-               "--out", str(out), "--text", str(text_file), "--device", "cpu"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "ds9_utils.distributed",
+        "--preset",
+        "quick",
+        "--max-steps",
+        str(STEPS),
+        "--out",
+        str(out),
+        "--text",
+        str(text_file),
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
     finished = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
     assert finished.returncode == 0, finished.stderr[-3000:]
@@ -96,8 +118,7 @@ def test_two_ranks_with_gloo_train_the_model_one_process_trains_on_the_same_glob
     assert together.step == STEPS
 
     data = text_data(TEXT)
-    alone, result = train_preset(data, "quick", tmp_path / "single", max_steps=STEPS, progress=False,
-                                 device="cpu")
+    alone, result = train_preset(data, "quick", tmp_path / "single", max_steps=STEPS, progress=False, device="cpu")
     assert max_difference(together.model, alone) < 1e-5
     assert together.history["val_loss"][-1] == pytest.approx(result.val_loss, abs=1e-5)
 

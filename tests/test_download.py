@@ -1,4 +1,5 @@
 """The downloader against real HTTP servers on 127.0.0.1: the shared mirror, and a server that misbehaves."""
+
 from __future__ import annotations
 
 import errno
@@ -10,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from servers import FAULT_SCRIPT, make_fault_server, page_html, serve_folder
 
 from ds9_utils import download
 from ds9_utils.download import DownloadConfig, DownloadError, download_transcripts, pages_dir
-from servers import FAULT_SCRIPT, make_fault_server, page_html, serve_folder
 
 FAST = DownloadConfig(delay=0.0, connect_timeout=2.0, read_timeout=0.5, retries=2, backoff=0.05)
 
@@ -138,7 +139,10 @@ def test_full_disk_is_a_clear_error_and_leaves_no_temp_file(tmp_path, monkeypatc
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "ds9_utils", *args],
-        capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -153,7 +157,9 @@ def test_cli_download_reports_json_then_caches(mirror_url, tmp_path):
 
 
 def test_cli_unreachable_site_is_one_clear_line_and_nonzero_exit(tmp_path):
-    result = run_cli("download", "--data-dir", str(tmp_path), "--delay", "0", env={"DS9_BASE_URL": "http://127.0.0.1:9/"})
+    result = run_cli(
+        "download", "--data-dir", str(tmp_path), "--delay", "0", env={"DS9_BASE_URL": "http://127.0.0.1:9/"}
+    )
     assert result.returncode != 0
     lines = [line for line in result.stderr.strip().splitlines() if line]
     assert len(lines) == 1 and "--base-url" in lines[0] and "Traceback" not in result.stderr

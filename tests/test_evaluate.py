@@ -1,4 +1,5 @@
 """Tests for ds9_utils.evaluate: line kinds, the format report, copy detection and bits per character."""
+
 from __future__ import annotations
 
 import math
@@ -23,23 +24,26 @@ from ds9_utils.model import GPT, BigramLanguageModel, GPTConfig
 # ---------------------------------------------------------------------------------------------- line kinds
 
 
-@pytest.mark.parametrize("line, kind, speaker", [
-    ("SISKO: Report to Ops.", "speaker", "SISKO"),
-    ("O'BRIEN: (under the console) Uh-huh. Try it now. ", "speaker", "O'BRIEN"),
-    ("KIRA [OC]: Kira to Sisko.", "speaker", "KIRA"),
-    ("DUKAT [on monitor]: Commander.", "speaker", "DUKAT"),
-    ("MAN 2: Hey!", "speaker", "MAN 2"),
-    ("(Odo leaves)", "direction", None),
-    ("(Quark selects two rods (red ones) and inserts them.)", "direction", None),
-    ("[Quark's]", "heading", None),
-    ("  [Ops]  ", "heading", None),
-    ("Sisko: lower-case names are not the format", "malformed", None),
-    ("SISKO:no space after the colon", "malformed", None),
-    ("SISKO: ", "malformed", None),
-    ("the rest of a line that was wrapped", "malformed", None),
-    ("(an unclosed direction", "malformed", None),
-    ("[Ops] KIRA: two things on one line", "malformed", None),
-])
+@pytest.mark.parametrize(
+    "line, kind, speaker",
+    [
+        ("SISKO: Report to Ops.", "speaker", "SISKO"),
+        ("O'BRIEN: (under the console) Uh-huh. Try it now. ", "speaker", "O'BRIEN"),
+        ("KIRA [OC]: Kira to Sisko.", "speaker", "KIRA"),
+        ("DUKAT [on monitor]: Commander.", "speaker", "DUKAT"),
+        ("MAN 2: Hey!", "speaker", "MAN 2"),
+        ("(Odo leaves)", "direction", None),
+        ("(Quark selects two rods (red ones) and inserts them.)", "direction", None),
+        ("[Quark's]", "heading", None),
+        ("  [Ops]  ", "heading", None),
+        ("Sisko: lower-case names are not the format", "malformed", None),
+        ("SISKO:no space after the colon", "malformed", None),
+        ("SISKO: ", "malformed", None),
+        ("the rest of a line that was wrapped", "malformed", None),
+        ("(an unclosed direction", "malformed", None),
+        ("[Ops] KIRA: two things on one line", "malformed", None),
+    ],
+)
 def test_classify_line(line, kind, speaker):
     info = classify_line(line)
     assert (info.kind, info.speaker) == (kind, speaker)
@@ -116,7 +120,7 @@ def test_longest_copied_substring_matches_brute_force_on_small_strings():
 def test_longest_copied_substring_finds_a_planted_quote():
     rng = random.Random(1)
     training = random_text(rng, 20_000, "abcdefgh ")
-    quote = training[12_345:12_345 + 60]
+    quote = training[12_345 : 12_345 + 60]
     generated = random_text(rng, 200, "xyz") + quote + random_text(rng, 200, "xyz")
     for source in (training, SuffixIndex(training)):
         length, substring = longest_copied_substring(generated, source)
@@ -134,22 +138,22 @@ def test_suffix_index_is_sorted_and_searches_like_str_find():
     rng = random.Random(2)
     text = random_text(rng, 3_000, "abcé\n ")
     index = SuffixIndex(text)
-    suffixes = [text[int(start):] for start in index.suffixes]
+    suffixes = [text[int(start) :] for start in index.suffixes]
     assert suffixes == sorted(suffixes) and sorted(index.suffixes.tolist()) == list(range(len(text)))
     for _ in range(300):
         start = rng.randrange(len(text))
-        query = text[start:start + rng.randint(1, 12)] if rng.random() < 0.5 else random_text(rng, 6, "abcé")
+        query = text[start : start + rng.randint(1, 12)] if rng.random() < 0.5 else random_text(rng, 6, "abcé")
         assert index.contains(query) == (query in text)
         position = index.find(query)
         assert (position == -1) == (query not in text)
         if position != -1:
-            assert text[position:position + len(query)] == query
+            assert text[position : position + len(query)] == query
 
 
 def test_suffix_index_of_a_repetitive_text():
     text = "abab" * 500  # every suffix shares long prefixes: many doubling rounds
     index = SuffixIndex(text, max_prefix=4096)
-    assert [text[int(s):] for s in index.suffixes] == sorted(text[i:] for i in range(len(text)))
+    assert [text[int(s) :] for s in index.suffixes] == sorted(text[i:] for i in range(len(text)))
     assert longest_copied_substring("xx" + "ab" * 30 + "x", index) == (60, "ab" * 30)
     assert SuffixIndex("").contains("a") is False
 
@@ -157,8 +161,9 @@ def test_suffix_index_of_a_repetitive_text():
 # ---------------------------------------------------------------------------------------------- compression
 
 
-@pytest.mark.parametrize("n_targets, block_size, stride", [(1, 4, 4), (4, 4, 4), (10, 4, 4), (11, 4, 2), (37, 8, 3),
-                                                           (9, 8, 1), (100, 7, 7)])
+@pytest.mark.parametrize(
+    "n_targets, block_size, stride", [(1, 4, 4), (4, 4, 4), (10, 4, 4), (11, 4, 2), (37, 8, 3), (9, 8, 1), (100, 7, 7)]
+)
 def test_windows_score_every_target_once_with_enough_context(n_targets, block_size, stride):
     scored = []
     for index, (start, skip) in enumerate(_score_windows(n_targets, block_size, stride)):
@@ -189,9 +194,9 @@ def test_token_losses_with_stride_one_is_the_full_context_score():
     tokens = torch.randint(0, 11, (40,), generator=torch.Generator().manual_seed(1))
     losses = token_losses(model, tokens, block_size=8, stride=1, batch_size=5)
     for j in range(len(tokens) - 1):  # predict tokens[j + 1] from the (up to) 8 tokens ending at j
-        context = tokens[max(0, j - 7):j + 1]
+        context = tokens[max(0, j - 7) : j + 1]
         logits, _ = model(context[None])
-        expected = torch.nn.functional.cross_entropy(logits[0, -1:], tokens[j + 1:j + 2])
+        expected = torch.nn.functional.cross_entropy(logits[0, -1:], tokens[j + 1 : j + 2])
         assert losses[j].item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
 
 

@@ -1,4 +1,5 @@
 """Tests for ds9_utils.feedback: the rater, the losses (checked by hand), log-probs and KL, and the training loops."""
+
 from __future__ import annotations
 
 import copy
@@ -13,8 +14,8 @@ from ds9_utils.feedback import (
     RewardConfig,
     RewardModel,
     RLConfig,
-    SceneRater,
     ScenePrompt,
+    SceneRater,
     bradley_terry_loss,
     collect_preferences,
     completion_log_probs,
@@ -197,8 +198,9 @@ def test_sequence_log_probs_mask_prompts_and_padding():
     # Rows longer than the context go through the windowed path and agree with it.
     short = tiny_gpt(6, block_size=4)
     long_totals = sequence_log_probs(short, idx, prompt_lengths, lengths)
-    assert long_totals[1].item() == pytest.approx(completion_log_probs(short, torch.tensor([rows[1]]), 3).sum().item(),
-                                                  abs=1e-5)
+    assert long_totals[1].item() == pytest.approx(
+        completion_log_probs(short, torch.tensor([rows[1]]), 3).sum().item(), abs=1e-5
+    )
     with pytest.raises(ValueError, match="at least one token after it"):
         sequence_log_probs(model, idx, torch.tensor([4, 3]), lengths)
 
@@ -228,8 +230,9 @@ def toy():
     """A tokenizer over a few characters and preferences for scenes with more 'a' in them."""
     tokenizer = CharTokenizer.from_text("ab\n[]")
     prompt = ScenePrompt("[a]\n")
-    pairs = [PreferencePair(prompt, "a" * n + "b" * (6 - n), "a" * m + "b" * (6 - m))
-             for n in range(1, 7) for m in range(n)]
+    pairs = [
+        PreferencePair(prompt, "a" * n + "b" * (6 - n), "a" * m + "b" * (6 - m)) for n in range(1, 7) for m in range(n)
+    ]
     return tokenizer, prompt, pairs
 
 
@@ -252,8 +255,9 @@ def test_reward_model_starts_neutral_and_ignores_padding(toy):
 def test_the_reward_model_learns_the_preferences(toy):
     tokenizer, _, pairs = toy
     model = RewardModel(tiny_gpt(tokenizer.vocab_size, block_size=16))
-    history = train_reward_model(model, tokenizer, pairs, RewardConfig(epochs=15, batch_size=8, learning_rate=3e-3),
-                                 progress=False)
+    history = train_reward_model(
+        model, tokenizer, pairs, RewardConfig(epochs=15, batch_size=8, learning_rate=3e-3), progress=False
+    )
     assert history["loss"][-1] < history["loss"][0]
     assert pairwise_accuracy(model, tokenizer, pairs) >= 0.9
     with pytest.raises(ValueError, match="No preference pairs"):
@@ -265,8 +269,14 @@ def test_dpo_moves_the_policy_towards_the_chosen_scenes(toy):
     reference = tiny_gpt(tokenizer.vocab_size, block_size=16)
     policy = copy.deepcopy(reference)
     before = copy.deepcopy(reference.state_dict())
-    history = train_dpo(policy, reference, tokenizer, pairs, DPOConfig(epochs=10, batch_size=8, beta=0.5,
-                                                                       learning_rate=3e-3), progress=False)
+    history = train_dpo(
+        policy,
+        reference,
+        tokenizer,
+        pairs,
+        DPOConfig(epochs=10, batch_size=8, beta=0.5, learning_rate=3e-3),
+        progress=False,
+    )
     assert history["loss"][0] == pytest.approx(math.log(2), abs=1e-4)  # the policy starts as the reference
     assert history["loss"][-1] < 0.4 and history["accuracy"][-1] >= 0.9
     assert all(torch.equal(before[name], value) for name, value in reference.state_dict().items())
@@ -281,10 +291,12 @@ def test_reinforce_raises_the_reward_and_tracks_kl(toy):
     tokenizer, prompt, _ = toy
     reference = tiny_gpt(tokenizer.vocab_size, block_size=16)
     policy = tiny_gpt(tokenizer.vocab_size, block_size=16)
-    config = RLConfig(steps=30, prompts_per_step=1, samples_per_prompt=16, max_new_tokens=8, kl_coef=0.0,
-                      learning_rate=1e-2)
-    history = train_reinforce(policy, reference, tokenizer, [prompt], count_a, config,
-                              monitor=lambda p, s: float("b" in s), progress=False)
+    config = RLConfig(
+        steps=30, prompts_per_step=1, samples_per_prompt=16, max_new_tokens=8, kl_coef=0.0, learning_rate=1e-2
+    )
+    history = train_reinforce(
+        policy, reference, tokenizer, [prompt], count_a, config, monitor=lambda p, s: float("b" in s), progress=False
+    )
     assert len(history["reward"]) == len(history["kl"]) == len(history["monitor"]) == 30
     assert sum(history["reward"][-5:]) / 5 > sum(history["reward"][:5]) / 5 + 0.2
     assert history["kl"][0] == pytest.approx(0.0, abs=1e-5)  # the first samples come from the reference itself
@@ -295,8 +307,16 @@ def test_reinforce_raises_the_reward_and_tracks_kl(toy):
 def test_collect_preferences_with_any_judge(toy, rater):
     tokenizer, prompt, _ = toy
     model = tiny_gpt(tokenizer.vocab_size, block_size=16)
-    first_wins = collect_preferences(model, tokenizer, [prompt], lambda p, a, b: 0, pairs_per_prompt=3,
-                                     max_new_tokens=5, generator=torch.Generator().manual_seed(0), progress=False)
+    first_wins = collect_preferences(
+        model,
+        tokenizer,
+        [prompt],
+        lambda p, a, b: 0,
+        pairs_per_prompt=3,
+        max_new_tokens=5,
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+    )
     assert len(first_wins) == 3 and all(len(pair.chosen) == 5 for pair in first_wins)
     assert collect_preferences(model, tokenizer, [prompt], lambda p, a, b: None, max_new_tokens=5, progress=False) == []
     with pytest.raises(ValueError, match="A judge must return"):

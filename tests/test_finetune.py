@@ -1,4 +1,5 @@
 """LoRA from scratch: adapters start as the base model, train alone, merge exactly, and save and load exactly."""
+
 from __future__ import annotations
 
 import copy
@@ -70,13 +71,27 @@ def test_only_the_adapters_are_trainable_and_train_changes_only_them(base):
     assert trainable and all(name.endswith(("lora_A", "lora_B")) for name in trainable)
     rank, n_embd = 4, CONFIG.n_embd
     per_block = rank * (n_embd + 3 * n_embd) + rank * 2 * n_embd + rank * (n_embd + 4 * n_embd) * 2
-    assert count_parameters(adapted) == (CONFIG.n_layer * per_block, count_parameters(base).total + CONFIG.n_layer * per_block)
+    assert count_parameters(adapted) == (
+        CONFIG.n_layer * per_block,
+        count_parameters(base).total + CONFIG.n_layer * per_block,
+    )
     optimizer = configure_optimizer(adapted, TrainConfig())
-    assert sum(p.numel() for group in optimizer.param_groups for p in group["params"]) == count_parameters(adapted).trainable
+    assert (
+        sum(p.numel() for group in optimizer.param_groups for p in group["params"])
+        == count_parameters(adapted).trainable
+    )
 
     data = torch.randint(0, CONFIG.vocab_size, (400,), generator=torch.Generator().manual_seed(3))
-    config = TrainConfig(batch_size=4, max_steps=5, warmup_steps=1, learning_rate=1e-2, min_lr=1e-3,
-                         eval_interval=5, eval_iters=1, device="cpu")
+    config = TrainConfig(
+        batch_size=4,
+        max_steps=5,
+        warmup_steps=1,
+        learning_rate=1e-2,
+        min_lr=1e-3,
+        eval_interval=5,
+        eval_iters=1,
+        device="cpu",
+    )
     train(adapted, data, data, config, progress=False)
     base_state, adapted_state = base.state_dict(), adapted.state_dict()
     for name, tensor in adapted_state.items():
@@ -189,8 +204,12 @@ def test_training_state_bytes_matches_a_real_adamw_step(base):
         parameters = list(model.parameters())
         measured = sum(p.numel() * p.element_size() for p in parameters)
         measured += sum(p.grad.numel() * p.grad.element_size() for p in parameters if p.grad is not None)
-        measured += sum(t.numel() * t.element_size() for state in optimizer.state.values()
-                        for key, t in state.items() if key in ("exp_avg", "exp_avg_sq"))
+        measured += sum(
+            t.numel() * t.element_size()
+            for state in optimizer.state.values()
+            for key, t in state.items()
+            if key in ("exp_avg", "exp_avg_sq")
+        )
         assert training_state_bytes(model) == measured
 
 
@@ -200,29 +219,41 @@ def episode(number: int, scenes: list[Scene]) -> Episode:
 
 def test_character_text_keeps_one_speakers_lines_in_the_corpus_format():
     scenes = [
-        Scene("Quark's", [Line("dialogue", "QUARK", "Rom! Where's my latinum?"),
-                          Line("direction", None, "Rom hides"),
-                          Line("dialogue", "ROM", "Brother, I\u2026"),
-                          Line("dialogue", "QUARK", "Brother?", parenthetical="to Odo", modifier="OC")]),
+        Scene(
+            "Quark's",
+            [
+                Line("dialogue", "QUARK", "Rom! Where's my latinum?"),
+                Line("direction", None, "Rom hides"),
+                Line("dialogue", "ROM", "Brother, I\u2026"),
+                Line("dialogue", "QUARK", "Brother?", parenthetical="to Odo", modifier="OC"),
+            ],
+        ),
         Scene("Ops", [Line("dialogue", "KIRA", "Quark!")]),
         Scene("Promenade", [Line("dialogue", "QUARK", "Caf\u00e9 prices \u2014 outrageous.")]),
     ]
     text = character_text([episode(401, scenes)], "quark")
-    assert text == ("QUARK: Rom! Where's my latinum?\nQUARK [OC]: (to Odo) Brother?\n\n"
-                    "QUARK: Cafe prices - outrageous.\n")
+    assert text == (
+        "QUARK: Rom! Where's my latinum?\nQUARK [OC]: (to Odo) Brother?\n\nQUARK: Cafe prices - outrageous.\n"
+    )
     assert character_text([episode(401, scenes)], "GARAK") == ""
 
 
 def test_character_split_follows_the_corpus_episode_split(tmp_path):
-    lines = {number: [Scene("Bar", [Line("dialogue", "QUARK", f"Line of {number}."),
-                                    Line("dialogue", "ODO", "Quark.")])] for number in (401, 402, 403)}
+    lines = {
+        number: [Scene("Bar", [Line("dialogue", "QUARK", f"Line of {number}."), Line("dialogue", "ODO", "Quark.")])]
+        for number in (401, 402, 403)
+    }
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     records = "".join(_episode_to_json(episode(number, scenes)) + "\n" for number, scenes in lines.items())
     (corpus / "episodes.jsonl").write_text(records, encoding="utf-8")
     (corpus / "split.json").write_text(json.dumps({"train": [401, 403], "val": [402], "test": []}), encoding="utf-8")
     texts = character_split("Quark", corpus)
-    assert texts == {"train": "QUARK: Line of 401.\n\nQUARK: Line of 403.\n", "val": "QUARK: Line of 402.\n", "test": ""}
+    assert texts == {
+        "train": "QUARK: Line of 401.\n\nQUARK: Line of 403.\n",
+        "val": "QUARK: Line of 402.\n",
+        "test": "",
+    }
     (corpus / "split.json").write_text(json.dumps({"train": [401, 402], "val": [403], "test": []}), encoding="utf-8")
     with pytest.raises(ValueError, match="'GARAK' speaks no line in the train episodes"):
         character_split("garak", corpus)

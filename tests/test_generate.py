@@ -181,7 +181,9 @@ def test_generation_matches_the_textbook_loop(slide):
     prompt = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]])  # longer than block_size: cropped
     expected = reference_generate(model, prompt, 25, temperature=0.8, context_slide=slide, generator=seeded(3))
     for use_cache in (True, False):
-        out = generate(model, prompt, 25, temperature=0.8, context_slide=slide, use_cache=use_cache, generator=seeded(3))
+        out = generate(
+            model, prompt, 25, temperature=0.8, context_slide=slide, use_cache=use_cache, generator=seeded(3)
+        )
         assert torch.equal(out, expected)
 
 

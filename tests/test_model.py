@@ -136,7 +136,9 @@ def test_targets_of_minus_one_are_ignored():
     masked = targets.clone()
     masked[:, :3] = -1
     logits, loss = model(idx, masked)
-    expected = torch.nn.functional.cross_entropy(logits[:, 3:].reshape(-1, config.vocab_size), targets[:, 3:].reshape(-1))
+    expected = torch.nn.functional.cross_entropy(
+        logits[:, 3:].reshape(-1, config.vocab_size), targets[:, 3:].reshape(-1)
+    )
     assert torch.allclose(loss, expected)
 
 

@@ -1,4 +1,5 @@
 """Unit tests of ds9_utils.ngram: the count-based n-gram models of notebooks 04 and 11."""
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,10 @@ import torch
 
 from ds9_utils.ngram import NGramModel
 
-TEXT = ("Odo: I don't trust him. Quark: You don't trust anybody. Odo: That's true. "
-        "Sisko: Major, report. Kira: The Cardassians are hailing us, Captain. ") * 5
+TEXT = (
+    "Odo: I don't trust him. Quark: You don't trust anybody. Odo: That's true. "
+    "Sisko: Major, report. Kira: The Cardassians are hailing us, Captain. "
+) * 5
 CHARS = sorted(set(TEXT))
 V = len(CHARS)
 TOKENS = [CHARS.index(c) for c in TEXT]
@@ -56,7 +59,7 @@ def test_log_prob_matches_next_token_probs_position_by_position():
         log_probs = model.log_prob(text)
         assert log_probs.shape == (len(text) - 1,)
         for i in range(1, len(text)):
-            p = model.next_token_probs(text[max(0, i - 2):i])[text[i]]
+            p = model.next_token_probs(text[max(0, i - 2) : i])[text[i]]
             assert log_probs[i - 1] == pytest.approx(math.log(p))
         assert model.loss(text) == pytest.approx(-log_probs.mean())
 

@@ -8,6 +8,7 @@ mirror that conftest.py serves, in place of chakoteya.net) and build the corpus 
 ``test_every_notebook_starts_with_the_same_set_up_cell`` keeps the first code cell identical everywhere, so
 that fixing it once (in 00) and copying it is the only way it ever changes.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,16 +56,21 @@ def test_a_notebook_runs_alone_in_an_empty_folder(tmp_path, monkeypatch, mirror_
     monkeypatch.setenv("MPLBACKEND", "agg")
     # On Kaggle the set-up cell pip-installs ds9_utils; here it must already be importable (installed with
     # ``pip install -e .``, or via PYTHONPATH), because the loopback test machine cannot reach GitHub.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(PROJECT_ROOT),
-                                                                    os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])))
 
     notebook = nbformat.read(copy, as_version=4)
-    client = nbclient.NotebookClient(notebook, kernel_name="python3", timeout=600,
-                                     resources={"metadata": {"path": str(work)}})
+    client = nbclient.NotebookClient(
+        notebook, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(work)}}
+    )
     client.execute()  # raises CellExecutionError, naming the cell, if any cell raised
 
-    errors = [output for cell in notebook.cells if cell.cell_type == "code"
-              for output in cell.get("outputs", []) if output.get("output_type") == "error"]
+    errors = [
+        output
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+        if output.get("output_type") == "error"
+    ]
     assert not errors
     setup = next(cell for cell in notebook.cells if cell.cell_type == "code")
     printed = "".join(output.get("text", "") for output in setup.outputs if output.get("output_type") == "stream")

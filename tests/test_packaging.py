@@ -1,10 +1,12 @@
 """The project's set-up files agree with each other."""
+
 from __future__ import annotations
 
 import json
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 CONDA_NAMES = {"pytorch": "torch"}  # conda-forge names that differ from PyPI's

@@ -4,6 +4,7 @@ The small pages hold original text (nothing copied from the transcripts) and one
 each, so a failure names the quirk. Downloading, the cache and refusing to follow ``../../x.htm`` while
 downloading are tested in ``test_download.py``; here ``parse_index`` itself is tested.
 """
+
 from __future__ import annotations
 
 import html
@@ -102,12 +103,22 @@ def test_mirror_two_part_pages_say_so(mirror_episodes):
 # ------------------------------------------------------------------------------------ small pages, one quirk
 
 
-def site_page(body: str, *, title: str = "The Invented Gambit", stardate: str = "99101.5",
-              airdate: str = "4 Jan, 2099", footer: str | None = None) -> str:
+def site_page(
+    body: str,
+    *,
+    title: str = "The Invented Gambit",
+    stardate: str = "99101.5",
+    airdate: str = "4 Jan, 2099",
+    footer: str | None = None,
+) -> str:
     """A transcript page in the site's layout: header, one transcript table, footer."""
-    footer = footer if footer is not None else (
-        '<p><font size="2"><a href="episodes.htm">&lt;Back to the episode listing</a></font></p>'
-        '<p><font size="1">Footer words: trademarks, copyright, a link.</font></p>'
+    footer = (
+        footer
+        if footer is not None
+        else (
+            '<p><font size="2"><a href="episodes.htm">&lt;Back to the episode listing</a></font></p>'
+            '<p><font size="1">Footer words: trademarks, copyright, a link.</font></p>'
+        )
     )
     return (
         f"<html><head><title>The Deep Space Nine Transcripts - {title}</title></head><body>\n"
@@ -166,9 +177,13 @@ def test_decode_never_fails_and_never_leaves_a_carriage_return(raw):
 
 
 def test_header_gives_title_stardate_airdate_and_the_footer_is_ignored():
-    episode = parse('<b>[Cargo bay]</b><p>LEMMO: The crates are here. <br>(He counts them)</p>')
+    episode = parse("<b>[Cargo bay]</b><p>LEMMO: The crates are here. <br>(He counts them)</p>")
     assert (episode.number, episode.title, episode.stardate, episode.airdate) == (
-        901, "The Invented Gambit", "99101.5", "4 Jan, 2099")
+        901,
+        "The Invented Gambit",
+        "99101.5",
+        "4 Jan, 2099",
+    )
     scene = only_scene(episode)
     assert scene.location == "Cargo bay"
     assert scene.lines == [Line("dialogue", "LEMMO", "The crates are here."), Line("direction", None, "He counts them")]
@@ -182,8 +197,10 @@ def test_unknown_stardate_is_none():
 
 
 def test_crlf_and_cr_line_ends_and_br_lines():
-    body = ("<b>[Ops]</b>\r\n<p>TARVEK: First line, which the transcriber\r\nwrapped in the source. <br>\r"
-            "MELLIN: Second line.<br/>\r\n(A panel beeps)<BR>\rTARVEK: Third.</p>")
+    body = (
+        "<b>[Ops]</b>\r\n<p>TARVEK: First line, which the transcriber\r\nwrapped in the source. <br>\r"
+        "MELLIN: Second line.<br/>\r\n(A panel beeps)<BR>\rTARVEK: Third.</p>"
+    )
     page = site_page(body).encode("ascii")
     scene = only_scene(parse_episode(decode_page(page), 901))
     assert [(line.speaker, line.text) for line in scene.lines] == [
@@ -195,20 +212,26 @@ def test_crlf_and_cr_line_ends_and_br_lines():
 
 
 def test_a_page_that_mixes_utf8_and_windows_1252_bytes():
-    body = ("<b>[Caf\u00e9]</b><p>TARVEK: It\u2019s the chef\u2019s special.<br>".encode("utf-8")
-            + b"MELLIN: It\x92s \x93special\x94 \x97 again.</p>")
+    body = (
+        "<b>[Caf\u00e9]</b><p>TARVEK: It\u2019s the chef\u2019s special.<br>".encode("utf-8")
+        + b"MELLIN: It\x92s \x93special\x94 \x97 again.</p>"
+    )
     page = site_page("BODY").encode("ascii").replace(b"BODY", body)
     scene = only_scene(parse_episode(decode_page(page), 901))
     assert scene.location == "Caf\u00e9"
-    assert [line.text for line in scene.lines] == ["It\u2019s the chef\u2019s special.",
-                                                    "It\u2019s \u201cspecial\u201d \u2014 again."]
+    assert [line.text for line in scene.lines] == [
+        "It\u2019s the chef\u2019s special.",
+        "It\u2019s \u201cspecial\u201d \u2014 again.",
+    ]
 
 
 def test_bold_headings_and_mistyped_brackets():
-    body = ("<b>[Ops]</b><p>TARVEK: One.</p>"
-            "<p><b>{Promenade]</b></p><p>MELLIN: Two.</p>"
-            "<p><b>Cargo bay]</b></p><p>MELLIN: Three.</p>"
-            "<p><strong>[Lemmo's shop - back room}</strong></p><p>LEMMO: Four.</p>")
+    body = (
+        "<b>[Ops]</b><p>TARVEK: One.</p>"
+        "<p><b>{Promenade]</b></p><p>MELLIN: Two.</p>"
+        "<p><b>Cargo bay]</b></p><p>MELLIN: Three.</p>"
+        "<p><strong>[Lemmo's shop - back room}</strong></p><p>LEMMO: Four.</p>"
+    )
     episode = parse(body)
     assert [scene.location for scene in episode.scenes] == ["Ops", "Promenade", "Cargo bay", "Lemmo's shop - back room"]
     assert [len(scene.lines) for scene in episode.scenes] == [1, 1, 1, 1]
@@ -220,8 +243,10 @@ def test_a_bracketed_line_not_in_bold_is_a_heading_too():
 
 
 def test_speaker_modifiers_even_mistyped():
-    body = ("<b>[Ops]</b><p>DAX [OC]: Go ahead.<br>TARVEK [on viewscreen]: Hail them.<br>"
-            "MELLIN [OC}: Mistyped mark.<br>LEMMO {OC]: Also mistyped.<br>DABO GIRL: A name of two words.</p>")
+    body = (
+        "<b>[Ops]</b><p>DAX [OC]: Go ahead.<br>TARVEK [on viewscreen]: Hail them.<br>"
+        "MELLIN [OC}: Mistyped mark.<br>LEMMO {OC]: Also mistyped.<br>DABO GIRL: A name of two words.</p>"
+    )
     lines = only_scene(parse(body)).lines
     assert [(line.speaker, line.modifier, line.text) for line in lines] == [
         ("DAX", "OC", "Go ahead."),
@@ -233,9 +258,11 @@ def test_speaker_modifiers_even_mistyped():
 
 
 def test_parentheticals_and_directions():
-    body = ("<b>[Ops]</b><p>TARVEK: (quietly) Not now.<br>MELLIN (turning): Why not?<br>"
-            "TARVEK: (sighs)<br>(The lights dim.)<br>Mellin walks to the door)<br>"
-            "(A long silence</p>")
+    body = (
+        "<b>[Ops]</b><p>TARVEK: (quietly) Not now.<br>MELLIN (turning): Why not?<br>"
+        "TARVEK: (sighs)<br>(The lights dim.)<br>Mellin walks to the door)<br>"
+        "(A long silence</p>"
+    )
     lines = only_scene(parse(body)).lines
     assert lines[0] == Line("dialogue", "TARVEK", "Not now.", "quietly")
     assert lines[1] == Line("dialogue", "MELLIN", "Why not?", "turning")
@@ -245,20 +272,25 @@ def test_parentheticals_and_directions():
 
 
 def test_log_entries_and_italic_captions_are_directions():
-    body = ("<p>Station log, stardate 99101.5. The replicators are late again.</p>"
-            "<b>[Ops]</b><p>TARVEK: Noted.<br><i>Three weeks later</i></p>")
+    body = (
+        "<p>Station log, stardate 99101.5. The replicators are late again.</p>"
+        "<b>[Ops]</b><p>TARVEK: Noted.<br><i>Three weeks later</i></p>"
+    )
     episode = parse(body)
     opening, ops = episode.scenes
     assert opening.location == "" and opening.lines == [
-        Line("direction", None, "Station log, stardate 99101.5. The replicators are late again.")]
+        Line("direction", None, "Station log, stardate 99101.5. The replicators are late again.")
+    ]
     assert ops.lines[1] == Line("direction", None, "Three weeks later")
 
 
 def test_stray_tags_are_ignored_and_entities_decoded_inside_text():
     # The site has the odd mistyped tag (<nr>, <r>) before a real <br>: it must neither break nor end a line.
-    body = ("<b>[Ops]</b><p><font size=2>TARVEK: Half <span>a</span> sen<font>tence</font>.</font> <nr>\n<br>"
-            "MELLIN: Trade &amp; profit, and it&#146;s 3 &lt; 4 &lt;b&gt;honestly.<r><br>"
-            "<a href='x'>LEMMO</a>: Linked name.</p>")
+    body = (
+        "<b>[Ops]</b><p><font size=2>TARVEK: Half <span>a</span> sen<font>tence</font>.</font> <nr>\n<br>"
+        "MELLIN: Trade &amp; profit, and it&#146;s 3 &lt; 4 &lt;b&gt;honestly.<r><br>"
+        "<a href='x'>LEMMO</a>: Linked name.</p>"
+    )
     lines = only_scene(parse(body)).lines
     assert [(line.speaker, line.text) for line in lines] == [
         ("TARVEK", "Half a sentence."),
@@ -271,7 +303,9 @@ def test_a_speech_continued_on_a_new_line_keeps_its_speaker():
     body = "<b>[Ops]</b><p>TARVEK [OC]: The first half of a long speech<br>and its second half.</p>"
     lines = only_scene(parse(body)).lines
     assert [(line.speaker, line.modifier, line.text) for line in lines] == [
-        ("TARVEK", "OC", "The first half of a long speech"), ("TARVEK", "OC", "and its second half.")]
+        ("TARVEK", "OC", "The first half of a long speech"),
+        ("TARVEK", "OC", "and its second half."),
+    ]
 
 
 def test_a_known_speaker_without_a_colon_is_still_a_speaker():

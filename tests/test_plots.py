@@ -1,4 +1,5 @@
 """The shared figures draw what they promise: the right axes, labels and shapes (Agg backend, no display)."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -95,8 +96,10 @@ def test_plot_attention_grid_takes_titles_and_a_batch_dimension():
 
 
 def test_plot_loss_curves_draws_one_labelled_line_per_run():
-    curves = {"learned": ([0, 50, 100], [4.5, 3.0, 2.5]),
-              "none": (torch.tensor([0, 50, 100]), torch.tensor([4.5, 3.2, 2.9]))}
+    curves = {
+        "learned": ([0, 50, 100], [4.5, 3.0, 2.5]),
+        "none": (torch.tensor([0, 50, 100]), torch.tensor([4.5, 3.2, 2.9])),
+    }
     ax = plot_loss_curves(curves, title="positions")
     assert [line.get_label() for line in ax.get_lines()] == ["learned", "none"]
     assert np.allclose(ax.get_lines()[1].get_ydata(), [4.5, 3.2, 2.9])

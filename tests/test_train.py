@@ -2,6 +2,7 @@
 
 Every model here is tiny (one or two layers, 16-32 wide) so the whole file runs in seconds on a CPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,7 @@ from ds9_utils.train import (
 TEXT = "Odo: I'm a changeling. Quark: And I'm a Ferengi. Sisko: Report to Ops, both of you!\n" * 12
 TOKENIZER = CharTokenizer.from_text(TEXT)
 DATA = torch.tensor(TOKENIZER.encode(TEXT), dtype=torch.long)
-TRAIN_DATA, VAL_DATA = DATA[: int(0.9 * len(DATA))], DATA[int(0.9 * len(DATA)):]
+TRAIN_DATA, VAL_DATA = DATA[: int(0.9 * len(DATA))], DATA[int(0.9 * len(DATA)) :]
 
 
 def tiny_model(seed: int = 0, dropout: float = 0.1, vocab_size: int = TOKENIZER.vocab_size) -> GPT:
@@ -42,8 +43,19 @@ def tiny_model(seed: int = 0, dropout: float = 0.1, vocab_size: int = TOKENIZER.
 
 
 def tiny_config(**changes) -> TrainConfig:
-    settings = dict(batch_size=4, max_steps=12, learning_rate=3e-3, min_lr=3e-4, warmup_steps=2,
-                    lr_decay_steps=12, eval_interval=3, eval_iters=2, log_interval=1, device="cpu", seed=7)
+    settings = dict(
+        batch_size=4,
+        max_steps=12,
+        learning_rate=3e-3,
+        min_lr=3e-4,
+        warmup_steps=2,
+        lr_decay_steps=12,
+        eval_interval=3,
+        eval_iters=2,
+        log_interval=1,
+        device="cpu",
+        seed=7,
+    )
     settings.update(changes)
     return TrainConfig(**settings)
 
@@ -54,6 +66,7 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- pieces
+
 
 def test_lr_schedule_warms_up_peaks_and_decays_to_min_lr():
     cfg = TrainConfig(max_steps=1000, warmup_steps=100, learning_rate=1e-3, min_lr=1e-4)
@@ -126,11 +139,20 @@ def test_train_config_rejects_nonsense():
 
 # ---------------------------------------------------------------------------------------------- the loop
 
+
 def test_loss_decreases_on_a_learnable_sequence():
     cycle = torch.arange(6).repeat(200)  # 0 1 2 3 4 5 0 1 ...: the next token is always predictable
     model = tiny_model(dropout=0.0, vocab_size=6)
-    cfg = tiny_config(max_steps=80, lr_decay_steps=None, learning_rate=1e-2, min_lr=1e-3, warmup_steps=5,
-                      batch_size=8, eval_interval=40, eval_iters=4)
+    cfg = tiny_config(
+        max_steps=80,
+        lr_decay_steps=None,
+        learning_rate=1e-2,
+        min_lr=1e-3,
+        warmup_steps=5,
+        batch_size=8,
+        eval_interval=40,
+        eval_iters=4,
+    )
     result = train(model, cycle, cycle, cfg, progress=False)
     assert result.history["steps"] == [0, 40, 80]
     assert result.history["val_loss"][0] > 1.4  # ln 6 = 1.79 before training
@@ -170,12 +192,28 @@ class QuietRank(SingleProcess):
 def test_only_the_main_process_checkpoints_and_calls_back(tmp_path):
     calls = []
     model = tiny_model(dropout=0.0)
-    train(model, TRAIN_DATA, VAL_DATA, tiny_config(), checkpoint_path=tmp_path / "ckpt.pt", progress=False,
-          callback=lambda step, metrics: calls.append(step), parallel=QuietRank())
+    train(
+        model,
+        TRAIN_DATA,
+        VAL_DATA,
+        tiny_config(),
+        checkpoint_path=tmp_path / "ckpt.pt",
+        progress=False,
+        callback=lambda step, metrics: calls.append(step),
+        parallel=QuietRank(),
+    )
     assert not (tmp_path / "ckpt.pt").exists() and calls == []
     main = tiny_model(dropout=0.0)
-    train(main, TRAIN_DATA, VAL_DATA, tiny_config(), checkpoint_path=tmp_path / "ckpt.pt", progress=False,
-          callback=lambda step, metrics: calls.append(step), parallel=SingleProcess())
+    train(
+        main,
+        TRAIN_DATA,
+        VAL_DATA,
+        tiny_config(),
+        checkpoint_path=tmp_path / "ckpt.pt",
+        progress=False,
+        callback=lambda step, metrics: calls.append(step),
+        parallel=SingleProcess(),
+    )
     assert (tmp_path / "ckpt.pt").exists() and calls == [0, 3, 6, 9, 12]
 
 
@@ -195,11 +233,13 @@ def test_loss_curve_png_is_drawn():
 
 # ---------------------------------------------------------------------------------------------- checkpoints
 
+
 def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
     path = tmp_path / "ckpt.pt"
     model = tiny_model()
-    result = train(model, TRAIN_DATA, VAL_DATA, tiny_config(max_steps=6), tokenizer=TOKENIZER,
-                   checkpoint_path=path, progress=False)
+    result = train(
+        model, TRAIN_DATA, VAL_DATA, tiny_config(max_steps=6), tokenizer=TOKENIZER, checkpoint_path=path, progress=False
+    )
     raw = torch.load(path, map_location="cpu", weights_only=True)  # plain data only: safe loading works
     assert raw["step"] == 6
     loaded = load_checkpoint(path, device="cpu")
@@ -222,8 +262,7 @@ def test_checkpoint_writes_are_atomic(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"], "no temporary files are left behind"
     unpicklable = {"steps": [(n for n in range(3))]}  # a generator cannot be saved: the write fails midway
     with pytest.raises(Exception):
-        save_checkpoint(path, model=model, optimizer=None, train_config=tiny_config(), step=99,
-                        history=unpicklable)
+        save_checkpoint(path, model=model, optimizer=None, train_config=tiny_config(), step=99, history=unpicklable)
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
     assert load_checkpoint(path, device="cpu").step == 4, "the previous checkpoint is intact"
 
@@ -241,6 +280,7 @@ def test_missing_or_foreign_checkpoint_says_what_to_do(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- resume
 
+
 @pytest.fixture(scope="module")
 def straight_run():
     """12 steps in one go, with dropout on, so the global random state matters too."""
@@ -252,12 +292,18 @@ def straight_run():
 def test_resume_gives_exactly_the_weights_of_a_straight_run(tmp_path, straight_run):
     straight_model, straight_result = straight_run
     path = tmp_path / "ckpt.pt"
-    train(tiny_model(seed=0), TRAIN_DATA, VAL_DATA, tiny_config(max_steps=6), checkpoint_path=path,
-          progress=False)
+    train(tiny_model(seed=0), TRAIN_DATA, VAL_DATA, tiny_config(max_steps=6), checkpoint_path=path, progress=False)
     torch.manual_seed(12345)  # whatever happened to the global generator in between is undone by the resume
     resumed_model = tiny_model(seed=99)  # the resume replaces these weights
-    result = train(resumed_model, TRAIN_DATA, VAL_DATA, tiny_config(max_steps=12), checkpoint_path=path,
-                   resume=True, progress=False)
+    result = train(
+        resumed_model,
+        TRAIN_DATA,
+        VAL_DATA,
+        tiny_config(max_steps=12),
+        checkpoint_path=path,
+        resume=True,
+        progress=False,
+    )
     assert result.steps == 12
     assert_same_weights(straight_model, resumed_model)
     assert result.history == straight_result.history
@@ -272,8 +318,15 @@ def test_interrupted_run_keeps_its_checkpoint_and_resumes_exactly(tmp_path, stra
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_model(seed=0), TRAIN_DATA, VAL_DATA, tiny_config(), checkpoint_path=path, progress=False,
-              callback=interrupt_at_nine)
+        train(
+            tiny_model(seed=0),
+            TRAIN_DATA,
+            VAL_DATA,
+            tiny_config(),
+            checkpoint_path=path,
+            progress=False,
+            callback=interrupt_at_nine,
+        )
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
     assert load_checkpoint(path, device="cpu").step == 9
     resumed_model = tiny_model(seed=0)
@@ -285,8 +338,7 @@ def test_resume_without_a_checkpoint_starts_fresh_and_rejects_another_model(tmp_
     straight_model, _ = straight_run
     path = tmp_path / "ckpt.pt"
     fresh = tiny_model(seed=0)
-    result = train(fresh, TRAIN_DATA, VAL_DATA, tiny_config(), checkpoint_path=path, resume=True,
-                   progress=False)
+    result = train(fresh, TRAIN_DATA, VAL_DATA, tiny_config(), checkpoint_path=path, resume=True, progress=False)
     assert result.history["steps"][0] == 0
     assert_same_weights(straight_model, fresh)
     wider = GPT(GPTConfig(vocab_size=TOKENIZER.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=32))
