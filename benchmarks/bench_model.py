@@ -67,14 +67,18 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     print(
-        f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, attention {args.attention}"
+        f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
+        f"attention {args.attention}"
     )
     for name, (config, batch_size, reference) in CONFIGURATIONS.items():
         if args.only and name != args.only:
             continue
         config = GPTConfig(**{**vars(config), "attention": args.attention})
         rate = training_tokens_per_second(config, batch_size, args.warmup, args.steps, args.device)
-        shape = f"n_layer={config.n_layer} n_head={config.n_head} n_embd={config.n_embd} block={config.block_size} batch={batch_size}"
+        shape = (
+            f"n_layer={config.n_layer} n_head={config.n_head} n_embd={config.n_embd} "
+            f"block={config.block_size} batch={batch_size}"
+        )
         print(f"{name:>6}: {rate:8.0f} tokens/s  ({shape}; nanoGPT bar on the course CPU ~{reference} tokens/s)")
 
 

@@ -145,7 +145,8 @@ def generate(
         context_slide = max(1, block_size // 4)
     if isinstance(context_slide, bool) or not isinstance(context_slide, int) or not 1 <= context_slide <= block_size:
         raise ValueError(
-            f"context_slide must be a whole number from 1 to the model's block_size ({block_size}), got {context_slide!r}."
+            f"context_slide must be a whole number from 1 to the model's block_size ({block_size}), "
+            f"got {context_slide!r}."
         )
     should_stop = stop if (stop is None or callable(stop)) else _stop_at_sequences(stop)
 
@@ -182,8 +183,9 @@ def generate_text(
 ) -> str:
     """The prompt followed by up to ``max_new_tokens`` generated tokens, as text.
 
-    Runs in eval mode (the model's mode is restored afterwards) and, like ``generate``, without gradients. ``generate_options`` are
-    those of ``generate`` (temperature, top_k, top_p, use_cache, generator, stop, context_slide).
+    Runs in eval mode (the model's mode is restored afterwards) and, like ``generate``, without gradients.
+    ``generate_options`` are those of ``generate``
+    (temperature, top_k, top_p, use_cache, generator, stop, context_slide).
     """
     if not prompt:
         raise ValueError("The prompt is empty: give at least one character to start from (e.g. '\\n').")

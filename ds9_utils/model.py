@@ -80,7 +80,8 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         if n_embd % n_head != 0:
             raise ValueError(
-                f"n_embd ({n_embd}) must be divisible by n_head ({n_head}) so each head gets n_embd // n_head dimensions."
+                f"n_embd ({n_embd}) must be divisible by n_head ({n_head}) "
+                "so each head gets n_embd // n_head dimensions."
             )
         head_size = n_embd // n_head
         self.heads = nn.ModuleList([Head(n_embd, head_size, block_size, dropout) for _ in range(n_head)])
@@ -152,7 +153,8 @@ class LayerKVCache:
         end = self.length + T
         if end > self.capacity:
             raise ValueError(
-                f"The KV cache holds at most {self.capacity} positions; cannot add {T} to {self.length}. Call reset() first."
+                f"The KV cache holds at most {self.capacity} positions; cannot add {T} to {self.length}. "
+                "Call reset() first."
             )
         shape = (B, n_head, self.capacity, head_size)
         if self.keys is None or (
@@ -163,7 +165,8 @@ class LayerKVCache:
             self.values = v.new_empty(shape)
         elif self.keys.shape != shape:
             raise ValueError(
-                f"The KV cache was filled with batch size {self.keys.size(0)}, got {B}; call reset() before changing the batch."
+                f"The KV cache was filled with batch size {self.keys.size(0)}, got {B}; "
+                "call reset() before changing the batch."
             )
         self.keys[:, :, self.length : end] = k
         self.values[:, :, self.length : end] = v
@@ -374,7 +377,8 @@ class GPT(nn.Module):
         """
         if kv_cache is not None and len(kv_cache.layers) != self.config.n_layer:
             raise ValueError(
-                f"The KV cache has {len(kv_cache.layers)} layers but the model has {self.config.n_layer}; make it with model.new_kv_cache()."
+                f"The KV cache has {len(kv_cache.layers)} layers but the model has {self.config.n_layer}; "
+                "make it with model.new_kv_cache()."
             )
         x = self._embed(idx, kv_cache.length if kv_cache is not None else 0)
         for layer_index, block in enumerate(self.blocks):

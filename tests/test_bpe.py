@@ -102,7 +102,10 @@ def test_the_split_patterns_match_the_originals_on_letters_digits_and_punctuatio
     regex = pytest.importorskip("regex")  # the third-party module that understands \p{L}
     originals = {
         GPT2_SPLIT_PATTERN: r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
-        GPT4_SPLIT_PATTERN: r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
+        GPT4_SPLIT_PATTERN: (
+            r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}"""
+            r"""| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+        ),
     }
     text = SCENE + "Kira Nerys — 琪拉·娜莉丝 🖖 café naïve Ωmega 12345 x_y __init__ I'LL WE'RE\t\r\n  \n"
     for ours, original in originals.items():

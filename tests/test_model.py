@@ -294,7 +294,7 @@ def test_a_tiny_gpt_learns_a_pattern():
     model = seeded_gpt(config)
     data = torch.tensor([0, 1, 2, 3, 4] * 20)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for step in range(60):
+    for _ in range(60):
         starts = torch.randint(0, len(data) - config.block_size - 1, (8,))
         x = torch.stack([data[s : s + config.block_size] for s in starts])
         y = torch.stack([data[s + 1 : s + config.block_size + 1] for s in starts])
