@@ -1,0 +1,199 @@
+"""Exercises that check themselves.
+
+Each chapter's exercises live in ``chNN.py`` as an :class:`Exercise`: a check that lists what is wrong with an
+answer, and a reference solution that passes it. In a notebook the learner writes an answer, runs
+``check("05.2", my_answer)`` to learn whether it is right (or exactly what is wrong), and only when they want
+to, opens ``solution("05.2")``: its source sits behind a click, collapsed in JupyterLab, Colab and on GitHub,
+and nothing of it runs (so no output gives it away) until ``solution("05.2").run()``.
+
+The checks are written like nbgrader's test cells: they compare the answer with the ``ds9_utils`` version or
+the reference on random inputs, with a known value, or with a shape, and say which input failed and how.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib
+import inspect
+import pkgutil
+import re
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+__all__ = [
+    "Exercise",
+    "SolutionView",
+    "all_exercises",
+    "check",
+    "close_problem",
+    "equal_problem",
+    "number_problem",
+    "register",
+    "solution",
+]
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """One exercise: what it asks, how an answer is checked, and the reference answer.
+
+    ``check`` returns the problems it finds with an answer, most telling first; an empty list means right.
+    ``expects`` says what the learner hands in: a ``"function"`` (``solution`` is that function, written the
+    way the learner's should be), or a ``"value"`` (``solution`` is a function of no arguments that computes
+    it, so that its source shows how). ``verified`` says, for the success line, what a passing check proved.
+    ``demo``, when set, is what ``solution(id).run()`` does instead of returning the answer (draw the plot
+    the exercise is about, say).
+    """
+
+    id: str
+    title: str
+    check: Callable[[Any], list[str]]
+    solution: Callable[..., Any]
+    expects: Literal["function", "value"] = "function"
+    verified: str = ""
+    demo: Callable[[], Any] | None = None
+
+    def reference(self) -> Any:
+        """The reference answer, in the form the learner hands to ``check``."""
+        return self.solution() if self.expects == "value" else self.solution
+
+
+_REGISTRY: dict[str, Exercise] = {}
+_ID = re.compile(r"(\d\d)\.\d+")
+
+
+def register(exercise: Exercise) -> Exercise:
+    """Add a chapter's exercise to the registry (each ``chNN`` module calls this at import)."""
+    if not _ID.fullmatch(exercise.id):
+        raise ValueError(f"exercise id {exercise.id!r} should look like '05.2' (chapter, dot, number)")
+    if exercise.id in _REGISTRY and _REGISTRY[exercise.id] is not exercise:
+        raise ValueError(f"exercise {exercise.id} is registered twice; give the second one a new number")
+    _REGISTRY[exercise.id] = exercise
+    return exercise
+
+
+def _exercise(exercise_id: str) -> Exercise:
+    """Look an exercise up by id, importing its chapter's module the first time."""
+    match = _ID.fullmatch(exercise_id)
+    if match:
+        try:
+            importlib.import_module(f"{__name__}.ch{match.group(1)}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.ch{match.group(1)}":
+                raise
+    if exercise_id not in _REGISTRY:
+        known = ", ".join(all_exercises())
+        raise KeyError(f"there is no exercise {exercise_id!r}; the exercises are {known}")
+    return _REGISTRY[exercise_id]
+
+
+def all_exercises() -> dict[str, Exercise]:
+    """Every exercise of the course, by id in order (imports every chapter's module)."""
+    for module in pkgutil.iter_modules(__path__):
+        if re.fullmatch(r"ch\d\d", module.name):
+            importlib.import_module(f"{__name__}.{module.name}")
+    return dict(sorted(_REGISTRY.items(), key=lambda item: tuple(int(part) for part in item[0].split("."))))
+
+
+def problems(exercise: Exercise, answer: Any) -> list[str]:
+    """What is wrong with ``answer``, as sentences; an unfinished or crashing answer is a problem, not an error."""
+    if answer is None or answer is Ellipsis:
+        return ["there is no answer yet: write it in the cell above, run that cell, then run this check again"]
+    if exercise.expects == "function" and not callable(answer):
+        return [f"expected a function, got {type(answer).__name__}: pass the function itself, without calling it"]
+    try:
+        return exercise.check(answer)
+    except NotImplementedError:
+        return ["your function is not written yet: replace `raise NotImplementedError` with your code"]
+    except Exception as error:  # the learner's code can fail in any way; say how, never crash the notebook
+        return [f"your answer raised {type(error).__name__}: {error}"]
+
+
+def check(exercise_id: str, answer: Any) -> bool:
+    """Check an answer, print one line saying it is right or what is wrong, and return whether it is right."""
+    exercise = _exercise(exercise_id)
+    found = problems(exercise, answer)
+    if found:
+        more = f" (and {len(found) - 1} more problem{'s' * (len(found) > 2)})" if len(found) > 1 else ""
+        print(f"❌ not yet: {found[0]}{more}")
+        return False
+    print(f"✅ right: {exercise.verified or exercise.title}")
+    return True
+
+
+class SolutionView:
+    """A solution kept out of sight: its source behind a click, nothing run until :meth:`run`."""
+
+    def __init__(self, exercise: Exercise) -> None:
+        self.exercise = exercise
+
+    @property
+    def source(self) -> str:
+        """The reference solution's code (and its demo's), as the learner would write it."""
+        parts = [self.exercise.solution] + ([self.exercise.demo] if self.exercise.demo else [])
+        return "\n\n".join(textwrap.dedent(inspect.getsource(part)).strip() for part in parts)
+
+    def run(self) -> Any:
+        """Run the solution: draw its demo when it has one, else return the reference answer."""
+        return self.exercise.demo() if self.exercise.demo else self.exercise.reference()
+
+    def _repr_html_(self) -> str:
+        summary = f"Show the solution to exercise {self.exercise.id} ({html.escape(self.exercise.title)})"
+        return f"<details><summary>{summary}</summary>\n<pre>{html.escape(self.source)}</pre>\n</details>"
+
+    def __repr__(self) -> str:
+        return (
+            f"Solution to exercise {self.exercise.id} hidden: print(solution({self.exercise.id!r}).source) "
+            f"shows it, solution({self.exercise.id!r}).run() runs it"
+        )
+
+
+def solution(exercise_id: str) -> SolutionView:
+    """The reference solution to an exercise, hidden until asked for (click it, print ``.source``, or ``.run()``)."""
+    return SolutionView(_exercise(exercise_id))
+
+
+# Small helpers the chapters' checks share: each returns None when all is well, else one specific sentence.
+
+
+def close_problem(what: str, got: Any, expected: torch.Tensor, atol: float = 1e-5, rtol: float = 1e-4) -> str | None:
+    """Compare a tensor with the expected one: type, shape, then values (naming the worst element)."""
+    if got is None:
+        return f"{what} is None: did the function `return` its result?"
+    if not isinstance(got, torch.Tensor):
+        return f"{what} should be a tensor, got {type(got).__name__}"
+    if tuple(got.shape) != tuple(expected.shape):
+        return f"{what} has shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+    got_values, expected_values = got.detach().double().cpu(), expected.detach().double().cpu()
+    if torch.allclose(got_values, expected_values, atol=atol, rtol=rtol, equal_nan=True):
+        return None
+    gap = (got_values - expected_values).abs().nan_to_num(float("inf"))
+    worst = tuple(int(i) for i in torch.unravel_index(gap.argmax(), gap.shape)) if gap.dim() else ()
+    at = f" at index {worst}" if worst else ""
+    return f"{what} is off{at}: expected {expected_values[worst].item():.6g}, got {got_values[worst].item():.6g}"
+
+
+def number_problem(what: str, got: Any, expected: float, rel: float = 1e-4, abs_tol: float = 1e-6) -> str | None:
+    """Compare a number with the expected one (a one-element tensor counts as a number)."""
+    if got is None:
+        return f"{what} is None: did the function `return` its result?"
+    if isinstance(got, torch.Tensor) and got.numel() == 1:
+        got = got.item()
+    if isinstance(got, bool) or not isinstance(got, (int, float)):
+        return f"{what} should be a number, got {type(got).__name__}"
+    if abs(got - expected) <= max(abs_tol, rel * abs(expected)):
+        return None
+    return f"{what}: expected {expected:.6g}, got {got:.6g}"
+
+
+def equal_problem(what: str, got: Any, expected: Any) -> str | None:
+    """Compare a plain value (a string, a list, a dict) with the expected one."""
+    if got == expected:
+        return None
+    if got is None:
+        return f"{what} is None: did the function `return` its result?"
+    return f"{what}: expected {expected!r}, got {got!r}"
