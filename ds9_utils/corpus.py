@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .download import pages_dir as default_pages_dir
-from .download import write_atomically
+from .files import write_atomically
 from .parse import Episode, Line, Scene, decode_page, parse_episode, parse_index
 from .settings import data_dir
 

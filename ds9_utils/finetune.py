@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import json
 import math
 from collections.abc import Iterable
@@ -35,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from .corpus import SPLIT_NAMES, load_episodes, normalise_characters, render_line
-from .download import write_atomically
+from .files import load_torch, save_torch
 from .model import GPT
 from .parse import Episode
 from .settings import data_dir
@@ -251,11 +250,7 @@ def save_adapter(path: str | Path, model: GPT) -> Path:
         "base_fingerprint": base_fingerprint(model),
         "weights": lora_state_dict(model),
     }
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    path = Path(path)
-    write_atomically(path, buffer.getvalue())
-    return path
+    return save_torch(path, state)
 
 
 def load_adapter(path: str | Path, model: GPT, *, check_base: bool = True) -> GPT:
@@ -265,15 +260,7 @@ def load_adapter(path: str | Path, model: GPT, *, check_base: bool = True) -> GP
     the same weights, checked by fingerprint, because adapters on another base give other outputs.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no adapter at {path}; save one with save_adapter(path, model)")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for a file that is not one of its archives
-        raise ValueError(
-            f"{path} is not a readable adapter file ({type(error).__name__}): it may be "
-            "truncated; save it again with save_adapter()"
-        ) from error
+    saved = load_torch(path, "cpu", what="adapter", remedy="save one with save_adapter(path, model)")
     if not isinstance(saved, dict) or saved.get("format") != ADAPTER_FORMAT:
         raise ValueError(f"{path} is a torch file but not a ds9_utils LoRA adapter (see save_adapter)")
     if saved["model_config"] != asdict(model.config):

@@ -27,7 +27,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .download import write_atomically
+from .files import write_atomically
 
 
 class Tokenizer(ABC):

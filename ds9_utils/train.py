@@ -30,7 +30,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import tokenizers
-from .download import write_atomically
+from .files import write_atomically
 from .model import GPT, GPTConfig
 from .settings import choose_device, quick_mode
 

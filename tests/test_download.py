@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import subprocess
@@ -124,16 +123,6 @@ def test_cache_path_refuses_escapes(tmp_path):
         with pytest.raises(DownloadError):
             download.cache_path(tmp_path, name)
     assert download.cache_path(tmp_path, "401.htm") == (tmp_path / "401.htm").resolve()
-
-
-def test_full_disk_is_a_clear_error_and_leaves_no_temp_file(tmp_path, monkeypatch):
-    def disk_full(fd):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(download.os, "fsync", disk_full)
-    with pytest.raises(DownloadError, match="disk is full"):
-        download.write_atomically(tmp_path / "401.htm", b"page")
-    assert list(tmp_path.iterdir()) == []
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

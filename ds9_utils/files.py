@@ -1,0 +1,120 @@
+"""Writing and reading the course's files safely: whole files only, and errors that say what to do.
+
+Every file the course writes (pages, the corpus, tokenizers, checkpoints, adapters) goes through
+``write_atomically``: the bytes go to a temporary file beside the target, which is then renamed over it, so
+a reader (or a run interrupted by Ctrl-C or a full disk) never sees half a file. Torch files are saved and
+loaded through ``save_torch`` and ``load_torch``, which add ``weights_only=True``: a checkpoint or adapter
+from someone else can only hold tensors and plain values, never code that runs when it is opened.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+# What torch.load raises for a file that is not one of its archives: garbage or a foreign pickle
+# (UnpicklingError), an empty file (EOFError), a truncated or foreign zip (RuntimeError). The device is
+# checked before loading (settings.resolve_device), so a RuntimeError here means a bad file, not a bad device.
+UNREADABLE_TORCH_FILE = (pickle.UnpicklingError, EOFError, RuntimeError)
+
+
+class FileWriteError(OSError):
+    """A file could not be written (full disk, no permission, a file where a folder should be); the message
+    says which file and what to do."""
+
+
+def _umask() -> int:
+    """The process's umask, the bits a new file must not have (Python < 3.13 cannot read it directly)."""
+    try:
+        with open("/proc/self/status") as status:  # Linux: read it without changing it
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _why_not_writable(path: Path, error: OSError) -> FileWriteError:
+    """One clear line for the usual reasons a write fails."""
+    if error.errno == errno.ENOSPC:
+        return FileWriteError(
+            f"the disk is full while writing {path}; free some space or write somewhere with room "
+            "(DS9_DATA_DIR or --data-dir for the data, --out for a checkpoint)"
+        )
+    if isinstance(error, PermissionError):
+        return FileWriteError(f"cannot write {path}: permission denied; choose a folder you can write to")
+    if isinstance(error, IsADirectoryError) or path.is_dir():
+        return FileWriteError(f"cannot write {path}: it is a folder; give the path of a file inside it")
+    if isinstance(error, (NotADirectoryError, FileExistsError)):
+        blocker = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), path.parent)
+        return FileWriteError(f"cannot write {path}: {blocker} is a file, not a folder; choose another path")
+    return FileWriteError(f"cannot write {path}: {error.strerror or error}")
+
+
+def write_atomically(path: str | Path, content: bytes) -> Path:
+    """Write ``content`` to ``path`` whole or not at all, and return the path written.
+
+    The temporary file is renamed over the target only once every byte is on disk; an interruption
+    removes it and leaves any earlier file untouched. The new file gets the usual permissions
+    (``0o666`` minus the umask), not the owner-only ones of a temporary file. When ``path`` is a symbolic
+    link, the file it points to is replaced and the link stays a link.
+    """
+    path = Path(path)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    tmp_name = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        with os.fdopen(handle, "wb") as tmp:
+            tmp.write(content)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.chmod(tmp_name, 0o666 & ~_umask())
+        os.replace(tmp_name, target)
+    except BaseException as error:
+        if tmp_name is not None:
+            Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(error, OSError) and not isinstance(error, FileWriteError):
+            raise _why_not_writable(path, error) from error
+        raise
+    return path
+
+
+def save_torch(path: str | Path, obj: Any) -> Path:
+    """``torch.save`` through ``write_atomically``: only tensors and plain values, so it loads weights-only."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return write_atomically(path, buffer.getvalue())
+
+
+def load_torch(path: str | Path, map_location: Any = "cpu", *, what: str = "torch file", remedy: str) -> Any:
+    """``torch.load(..., weights_only=True)`` with one clear line for a missing, unreadable or foreign file.
+
+    ``what`` names the file for the user ("checkpoint", "adapter") and ``remedy`` says what to do about a
+    bad one. ``map_location`` must already be a valid device (``settings.resolve_device``): torch's own
+    error for a bad device looks like one for a bad file.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}: {remedy}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except UNREADABLE_TORCH_FILE as error:
+        raise ValueError(
+            f"{path} is not a readable {what} ({type(error).__name__}): it may be truncated or another kind "
+            f"of file; {remedy}"
+        ) from error
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror or error}") from error
