@@ -1,10 +1,16 @@
-"""Download the DS9 transcripts politely, and cache every page exactly as it arrived.
+"""Download the DS9 transcripts politely, and cache every good page exactly as it arrived.
 
 The site is a small fan archive, so we behave like a careful reader rather than a crawler:
-one HTTP session, a User-Agent that names the project, a pause between requests, a timeout on every
+one HTTP session, a User-Agent that names the project, a pause between requests, time-outs on every
 request, and retries with exponential backoff only for failures that a retry can fix (connection errors,
-time-outs, truncated bodies, 429 and 5xx; a 429's ``Retry-After`` is honoured). A 404 is not retried: the
-page is skipped and reported.
+time-outs, truncated bodies, 429 and 5xx; a 429's ``Retry-After`` is honoured). Everything one page costs
+(attempts, waits, reads) counts against one deadline, and when several pages in a row fail that way the
+site is taken to be down and the run stops with one line that says what to do. A 404 is not retried: the
+page is skipped and reported. Redirects are followed on the site's own host only.
+
+Only good pages are cached: a transcript must hold at least one ``NAME: text`` line and the index must link
+transcripts. A page that fails the check (an empty or garbled answer) is reported and not cached, so the
+next run asks for it again; a cached page that fails it (left by an older version) is fetched again.
 
 Pages are cached under ``data_dir()/chakoteya/DS9/`` in the site's own layout. Each file is written to a
 temporary name and renamed into place, so an interrupted run never leaves half a page, and a re-run only
@@ -15,22 +21,20 @@ stay inside the cache folder, whatever the index says.
 from __future__ import annotations
 
 import email.utils
-import errno
-import os
+import math
 import re
-import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from tqdm.auto import tqdm
 
-from . import __version__
-from .parse import decode_page, parse_index
-from .settings import base_url as default_base_url
-from .settings import data_dir as default_data_dir
-from .settings import download_delay
+from . import __version__, settings
+from .files import write_atomically
+from .parse import decode_page, parse_episode, parse_index
 
 USER_AGENT = f"ds9-lets-build-an-llm/{__version__} (educational course; polite single-threaded downloader)"
 INDEX_PAGE = "episodes.htm"
@@ -38,22 +42,50 @@ PAGE_NAME = re.compile(r"^\d{3}\.htm$")
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
 # Failures a retry can fix: refused or reset connections, time-outs, and bodies cut short.
 RETRYABLE_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+MAX_REDIRECTS = 5
+MAX_PAGE_BYTES = 5_000_000  # the largest transcript is under 100 kB; a page this big is not one
 
 
 class DownloadError(RuntimeError):
     """A download problem the user can act on; the message says what to do."""
 
 
+class PageFailed(Exception):
+    """One page could not be had; the message is the reason reported for it.
+
+    ``retryable`` failures (no answer, a reset, a 5xx...) say the site is not answering properly; the
+    others (a 404, a redirect off the site, a page that is not a transcript) say only that page is bad.
+    """
+
+    def __init__(self, reason: str, *, retryable: bool = False, retry_after: float | None = None):
+        super().__init__(reason)
+        self.retryable = retryable
+        self.retry_after = retry_after  # seconds the server asked us to wait (429's Retry-After)
+
+
 @dataclass
 class DownloadConfig:
     """How politely and how persistently to download."""
 
-    delay: float = field(default_factory=download_delay)  # seconds between two requests to the site
+    delay: float | None = None  # seconds between two requests; None: $DS9_DOWNLOAD_DELAY or one second
     connect_timeout: float = 10.0
-    read_timeout: float = 30.0
-    retries: int = 4  # extra attempts after the first
+    read_timeout: float = 20.0  # the longest silence we wait through in one read
+    retries: int = 3  # extra attempts after the first
     backoff: float = 1.0  # first retry waits this long, then 2x, 4x, ...
-    max_retry_after: float = 120.0  # never wait longer than this for a Retry-After
+    page_deadline: float = 30.0  # at most this long on one page, attempts and waits included
+    give_up_after: int = 3  # this many pages in a row that fail retryably: the site is down, stop
+
+    def __post_init__(self) -> None:
+        self.delay = settings.download_delay(self.delay)
+        for name in ("connect_timeout", "read_timeout", "page_deadline"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"DownloadConfig {name}={value!r}: use a number of seconds above 0")
+        if self.retries < 0 or self.give_up_after < 1 or not (math.isfinite(self.backoff) and self.backoff >= 0):
+            raise ValueError(
+                f"DownloadConfig retries={self.retries!r}, give_up_after={self.give_up_after!r}, "
+                f"backoff={self.backoff!r}: use retries >= 0, give_up_after >= 1 and backoff >= 0 seconds"
+            )
 
 
 @dataclass
@@ -76,7 +108,7 @@ class DownloadReport:
 
 def pages_dir(data_dir: Path | None = None) -> Path:
     """The folder that mirrors the site's ``DS9/`` pages inside the data folder."""
-    return Path(data_dir or default_data_dir()) / "chakoteya" / "DS9"
+    return Path(data_dir or settings.data_dir()) / "chakoteya" / "DS9"
 
 
 def cache_path(folder: Path, page: str) -> Path:
@@ -89,38 +121,75 @@ def cache_path(folder: Path, page: str) -> Path:
     return path
 
 
-def write_atomically(path: Path, content: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place: readers never see half a file.
+# ------------------------------------------------------------------------------------ is it a good page?
 
-    Every file the course writes (pages, corpus, tokenizers, checkpoints, adapters) goes through here. An
-    interruption (an error, Ctrl-C) removes the temporary file and leaves any earlier ``path`` untouched.
+
+def transcript_problem(raw: bytes) -> str | None:
+    """Why ``raw`` is not a transcript page we can use, or ``None`` when it is one.
+
+    A transcript is whatever the parser reads at least one ``NAME: text`` line from: an empty answer, an
+    error page or random bytes read as none, and caching them would hide the page from the next run.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    if not raw.strip():
+        return "the page is empty"
     try:
-        with os.fdopen(handle, "wb") as tmp:
-            tmp.write(content)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException as error:
-        Path(tmp_name).unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            raise DownloadError(
-                f"the disk is full while writing {path}; free some space or point DS9_DATA_DIR "
-                "(or --data-dir) at a disk with room"
-            ) from error
-        raise
+        episode = parse_episode(decode_page(raw), number=0)
+    except Exception as error:  # html.parser raises on some garbled markup (AssertionError up to 3.12)
+        return f"the page is not readable HTML ({type(error).__name__})"
+    if not any(line.kind == "dialogue" for line in episode.lines):
+        return f"the page holds no transcript (no NAME: line in {len(raw)} bytes)"
+    return None
+
+
+def index_problem(raw: bytes) -> str | None:
+    """Why ``raw`` is not the episode index, or ``None`` when it links at least one NNN.htm transcript."""
+    return None if parse_index(decode_page(raw)) else "the index links no NNN.htm transcripts"
+
+
+# ------------------------------------------------------------------------------------- fetching politely
+
+
+def _describe(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def _host_and_port(url: str) -> tuple[str | None, int | None] | None:
+    """Where an http(s) address points (``https://`` on the same host counts as the same site); else None."""
+    parts = urlsplit(url)
+    try:
+        return (parts.hostname, parts.port) if parts.scheme in ("http", "https") else None
+    except ValueError:  # a port that is not a number
+        return None
 
 
 class PoliteFetcher:
     """One ``requests.Session`` that waits between requests and retries what a retry can fix."""
 
-    def __init__(self, config: DownloadConfig):
+    def __init__(self, config: DownloadConfig, site: str):
         self.config = config
+        self.site_host = _host_and_port(site)  # redirects may not leave it
         self.session = requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
         self._last_request = 0.0
+
+    def fetch(self, url: str) -> bytes:
+        """The body of ``url``; raises ``PageFailed`` with the reason when every attempt failed.
+
+        All attempts and the waits between them share one deadline, ``config.page_deadline``, so a server
+        that accepts the connection and then says nothing costs that much time at most.
+        """
+        cfg = self.config
+        deadline = time.monotonic() + cfg.page_deadline
+        for attempt in range(cfg.retries + 1):
+            self._wait_turn()
+            try:
+                return self._attempt(url, deadline)
+            except PageFailed as failure:
+                wait = cfg.backoff * 2**attempt if failure.retry_after is None else failure.retry_after
+                if not failure.retryable or attempt == cfg.retries or time.monotonic() + wait >= deadline:
+                    raise
+                time.sleep(wait)
+        raise AssertionError("unreachable: the last attempt either returns or raises")
 
     def _wait_turn(self) -> None:
         pause = self.config.delay - (time.monotonic() - self._last_request)
@@ -128,47 +197,88 @@ class PoliteFetcher:
             time.sleep(pause)
         self._last_request = time.monotonic()
 
-    def _retry_after(self, response: requests.Response, default: float) -> float:
+    def _attempt(self, url: str, deadline: float) -> bytes:
+        """One request, following redirects on the site's own host, and its body."""
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._request(url, deadline)
+            if not response.is_redirect:
+                break
+            response.close()
+            url = urljoin(url, response.headers["Location"])
+            if _host_and_port(url) != self.site_host:
+                raise PageFailed(f"redirected off the site to {url}; not followed")
+        else:
+            raise PageFailed(f"more than {MAX_REDIRECTS} redirects")
+        with response:
+            status = f"HTTP {response.status_code} {response.reason}"
+            if response.status_code in RETRYABLE_STATUS:
+                raise PageFailed(status, retryable=True, retry_after=self._retry_after(response))
+            if response.status_code != 200:
+                raise PageFailed(status)
+            return self._read_body(response, deadline)
+
+    def _request(self, url: str, deadline: float) -> requests.Response:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise PageFailed(f"no page within {self.config.page_deadline:g} s", retryable=True)
+        timeout = (min(self.config.connect_timeout, remaining), min(self.config.read_timeout, remaining))
+        try:
+            return self.session.get(url, timeout=timeout, stream=True, allow_redirects=False)
+        except RETRYABLE_ERRORS as error:
+            raise PageFailed(_describe(error), retryable=True) from error
+        except requests.RequestException as error:
+            raise PageFailed(_describe(error)) from error
+
+    def _read_body(self, response: requests.Response, deadline: float) -> bytes:
+        """The body, read in pieces so that its size and the deadline are checked between reads."""
+        body = bytearray()
+        try:
+            for piece in response.iter_content(chunk_size=16_384):
+                body += piece
+                if len(body) > MAX_PAGE_BYTES:
+                    raise PageFailed(f"the page is larger than {MAX_PAGE_BYTES:,} bytes")
+                if time.monotonic() > deadline:
+                    raise PageFailed(f"no whole page within {self.config.page_deadline:g} s", retryable=True)
+        except RETRYABLE_ERRORS as error:  # a stall, a reset, or a body shorter than its Content-Length
+            raise PageFailed(_describe(error), retryable=True) from error
+        except requests.RequestException as error:
+            raise PageFailed(_describe(error)) from error
+        return bytes(body)
+
+    def _retry_after(self, response: requests.Response) -> float | None:
+        """The wait a 429 or 503 asks for, in seconds (``Retry-After`` is a number or an HTTP date)."""
         header = response.headers.get("Retry-After", "").strip()
         if header.isdigit():
-            wait = float(header)
-        elif header:
-            try:
-                wait = email.utils.parsedate_to_datetime(header).timestamp() - time.time()
-            except (TypeError, ValueError):
-                wait = default
-        else:
-            wait = default
-        return min(max(wait, 0.0), self.config.max_retry_after)
-
-    def fetch(self, url: str) -> bytes:
-        """Return the body of ``url``. Raises ``requests.HTTPError`` for a 404 or when every retry failed."""
-        cfg = self.config
-        for attempt in range(cfg.retries + 1):
-            backoff = cfg.backoff * 2**attempt
-            last_attempt = attempt == cfg.retries
-            self._wait_turn()
-            try:
-                response = self.session.get(url, timeout=(cfg.connect_timeout, cfg.read_timeout))
-                if response.status_code in RETRYABLE_STATUS and not last_attempt:
-                    time.sleep(self._retry_after(response, backoff))
-                    continue
-                response.raise_for_status()
-                return response.content  # requests raises if the body is shorter than Content-Length
-            except RETRYABLE_ERRORS:
-                if last_attempt:
-                    raise
-                time.sleep(backoff)
-        raise AssertionError("unreachable: the last attempt either returns or raises")
+            return float(header)
+        try:
+            return max(email.utils.parsedate_to_datetime(header).timestamp() - time.time(), 0.0)
+        except (TypeError, ValueError):
+            return None
 
     def close(self) -> None:
         self.session.close()
 
 
-def _describe(error: Exception) -> str:
-    if isinstance(error, requests.HTTPError) and error.response is not None:
-        return f"HTTP {error.response.status_code} {error.response.reason}"
-    return f"{type(error).__name__}: {error}"
+# ---------------------------------------------------------------------------------------------- the run
+
+
+def _cached_good(path: Path, problem: Callable[[bytes], str | None]) -> bool:
+    """True when ``path`` holds a good page; a bad one (left by an older version) is removed, to fetch again."""
+    if not path.exists():
+        return False
+    if problem(path.read_bytes()) is None:
+        return True
+    path.unlink()
+    return False
+
+
+def _fetch_good(fetcher: PoliteFetcher, url: str, problem: Callable[[bytes], str | None]) -> bytes:
+    """The page at ``url`` when ``problem`` finds none; otherwise ``PageFailed`` says what is wrong with it."""
+    body = fetcher.fetch(url)
+    reason = problem(body)
+    if reason is not None:
+        raise PageFailed(reason)
+    return body
 
 
 def download_transcripts(
@@ -180,54 +290,48 @@ def download_transcripts(
 ) -> DownloadReport:
     """Fetch the episode index and every transcript it links into the cache; return what happened.
 
-    Pages already in the cache are not fetched again. Raises ``DownloadError`` when the site cannot be
-    reached or its index lists no transcripts; individual failed pages are reported, not raised.
+    Good pages already in the cache are not fetched again. Raises ``DownloadError`` when the index cannot
+    be had or the site stops answering; other failed pages are reported, not raised, and the next run
+    fetches them again.
     """
     config = config or DownloadConfig()
-    root = base_url or default_base_url()
-    root = root if root.endswith("/") else root + "/"
-    site = root + "DS9/"
+    site = settings.base_url(base_url) + "DS9/"
     folder = pages_dir(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
     report = DownloadReport()
     started = time.monotonic()
-    fetcher = PoliteFetcher(config)
+    fetcher = PoliteFetcher(config, site)
     try:
         index_file = cache_path(folder, INDEX_PAGE)
-        if index_file.exists():
-            index_html = decode_page(index_file.read_bytes())
-        else:
+        if not _cached_good(index_file, index_problem):
             try:
-                raw_index = fetcher.fetch(site + INDEX_PAGE)
-            except (requests.RequestException, OSError) as error:
+                write_atomically(index_file, _fetch_good(fetcher, site + INDEX_PAGE, index_problem))
+            except PageFailed as failure:
                 raise DownloadError(
-                    f"could not fetch the episode index {site + INDEX_PAGE} ({_describe(error)}); "
-                    "check your connection, or point --base-url / DS9_BASE_URL at a mirror of the site"
-                ) from error
-            index_html = decode_page(raw_index)
-            if not parse_index(index_html):
-                raise DownloadError(
-                    f"the episode index {site + INDEX_PAGE} links no NNN.htm transcripts; "
-                    "is --base-url / DS9_BASE_URL the site's root (the folder that holds DS9/)?"
-                )
-            write_atomically(index_file, raw_index)
-        links = parse_index(index_html)
-        if not links:
-            raise DownloadError(
-                f"the cached index {index_file} links no NNN.htm transcripts; delete it and download again"
-            )
-        pages = sorted({link.href for link in links})
+                    f"could not get the episode index {site + INDEX_PAGE} ({failure}); check your connection, "
+                    "or point --base-url / DS9_BASE_URL at the site's root (the folder that holds DS9/)"
+                ) from failure
+        pages = sorted({link.href for link in parse_index(decode_page(index_file.read_bytes()))})
+
+        failures_in_a_row = 0  # pages that failed retryably, one after another: is the site down?
         for page in tqdm(pages, desc="transcripts", unit="page", disable=not progress):
             target = cache_path(folder, page)
-            if target.exists():
+            if _cached_good(target, transcript_problem):
                 report.cached.append(page)
                 continue
             try:
-                body = fetcher.fetch(site + page)
-            except (requests.RequestException, OSError) as error:
-                report.failed.append({"page": page, "reason": _describe(error)})
+                write_atomically(target, _fetch_good(fetcher, site + page, transcript_problem))
+            except PageFailed as failure:
+                report.failed.append({"page": page, "reason": str(failure)})
+                failures_in_a_row = failures_in_a_row + 1 if failure.retryable else 0
+                if failures_in_a_row >= config.give_up_after:
+                    raise DownloadError(
+                        f"{site} stopped answering: {failures_in_a_row} pages in a row failed (last: {page}, "
+                        f"{failure}); check your connection and --base-url / DS9_BASE_URL, then run again: "
+                        "the pages already cached are kept and only the missing ones are fetched"
+                    ) from failure
                 continue
-            write_atomically(target, body)
+            failures_in_a_row = 0
             report.downloaded.append(page)
     finally:
         fetcher.close()

@@ -27,20 +27,63 @@ def data_dir() -> Path:
     return Path.cwd() / "data"
 
 
-def base_url() -> str:
-    """The site to download from: ``$DS9_BASE_URL`` or chakoteya.net. Always ends with a slash."""
-    url = os.environ.get("DS9_BASE_URL") or DEFAULT_BASE_URL
+def base_url(url: str | None = None) -> str:
+    """The site to download from: ``url`` (``--base-url``), else ``$DS9_BASE_URL``, else chakoteya.net.
+
+    Always ends with a slash. Anything but an ``http(s)://host/...`` address is refused with one line.
+    """
+    from urllib.parse import urlsplit
+
+    url = url or os.environ.get("DS9_BASE_URL") or DEFAULT_BASE_URL
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"the site address {url!r} (--base-url or DS9_BASE_URL) is not an http(s) address; "
+            f"use the site's root, such as {DEFAULT_BASE_URL}"
+        )
     return url if url.endswith("/") else url + "/"
 
 
-def download_delay() -> float:
-    """Seconds to wait between two requests to the site: ``$DS9_DOWNLOAD_DELAY`` or one second (tests use 0)."""
-    return float(os.environ.get("DS9_DOWNLOAD_DELAY", "1.0"))
+def download_delay(seconds: float | None = None) -> float:
+    """Seconds to wait between two requests to the site: ``seconds`` (``--delay``), else
+    ``$DS9_DOWNLOAD_DELAY``, else one second (the tests use 0 against their loopback mirror).
+
+    The pause is what keeps the downloader polite, so only a finite number >= 0 is accepted: a typo must
+    not switch it off (a negative or NaN pause would mean no pause at all).
+    """
+    source = "the download delay"
+    if seconds is None:
+        source = "DS9_DOWNLOAD_DELAY"
+        raw = os.environ.get("DS9_DOWNLOAD_DELAY", "").strip() or "1"
+        try:
+            seconds = float(raw)
+        except ValueError:
+            raise ValueError(
+                f"DS9_DOWNLOAD_DELAY={raw!r} is not a number; set it to the seconds between requests, such as 1"
+            ) from None
+    if not 0 <= seconds < float("inf"):
+        raise ValueError(
+            f"{source} is {seconds!r} seconds; use a number >= 0, such as 1 (the default): "
+            "a pause between requests keeps the download polite to the site"
+        )
+    return float(seconds)
 
 
 def quick_mode() -> bool:
-    """True when ``DS9_QUICK`` is set to something truthy: tests and CI run every notebook small and fast."""
-    return os.environ.get("DS9_QUICK", "").strip().lower() not in ("", "0", "false", "no")
+    """True when ``DS9_QUICK`` says yes: tests and CI run every notebook small and fast.
+
+    Only clear answers count, in any case: 1/true/yes/on, or 0/false/no/off/n/none (or unset) for the full
+    runs; anything else is an error rather than a guess, since ``DS9_QUICK=off`` must never mean on.
+    """
+    on, off = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "n", "none")
+    raw = os.environ.get("DS9_QUICK", "")
+    value = raw.strip().lower()
+    if value not in on + off + ("",):
+        raise ValueError(
+            f"DS9_QUICK={raw!r} is not a yes or no; use one of {', '.join(on)} for quick mode, "
+            f"or one of {', '.join(off)} (or leave it unset) for the full runs"
+        )
+    return value in on
 
 
 def choose_device() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import struct
 import threading
@@ -81,34 +82,43 @@ def fault_index() -> bytes:
     return f"<html><body><h2>Season 1</h2><table>{rows}{escapes}</table></body></html>".encode()
 
 
-class FaultyHandler(QuietFileHandler):
-    """Plays FAULT_SCRIPT; counts every request so tests can check what was retried."""
+class FaultLog:
+    """What a misbehaving server saw: attempts per page, when each came, User-Agents, and the paths asked for."""
 
-    attempts: Counter  # set per server by make_fault_server
-    request_times: dict
-    user_agents: list
+    def __init__(self):
+        self.attempts: Counter = Counter()
+        self.times: dict[str, list[float]] = {}
+        self.user_agents: list[str] = []
+        self.paths: list[str] = []
+
+
+class MisbehavingHandler(QuietFileHandler):
+    """Answers in one of the ways a real server goes wrong, and records every request in ``log``."""
+
+    log: FaultLog  # set per server
     stall_seconds = 2.0
 
-    def do_GET(self) -> None:
-        name = self.path.rsplit("/", 1)[-1]
-        self.attempts[name] += 1
-        self.request_times.setdefault(name, []).append(time.monotonic())
-        self.user_agents.append(self.headers.get("User-Agent", ""))
-        if self.path == "/DS9/episodes.htm":
-            return self._send(200, fault_index())
-        script = FAULT_SCRIPT.get(name)
-        if script is None or not self.path.startswith("/DS9/"):
-            return self._send(404, b"not here")
-        action = script[min(self.attempts[name], len(script)) - 1]
-        body = page_html(name)
+    def _record(self) -> str:
+        """Log this request; return the page it asks for (the path's last part, without a query)."""
+        name = self.path.split("?", 1)[0].rsplit("/", 1)[-1]
+        self.log.attempts[name] += 1
+        self.log.times.setdefault(name, []).append(time.monotonic())
+        self.log.user_agents.append(self.headers.get("User-Agent", ""))
+        self.log.paths.append(self.path)
+        return name
+
+    def misbehave(self, action: str, name: str, body: bytes) -> None:
+        """Answer with ``body`` as ``action`` says: "ok", or one of the faults below."""
         if action == "ok":
             self._send(200, body)
-        elif action == "500":
-            self._send(500, b"server error")
+        elif action in ("500", "503", "404"):
+            self._send(int(action), b"something went wrong")
         elif action == "429":
             self._send(429, b"slow down", {"Retry-After": "1"})
-        elif action == "404":
-            self._send(404, b"no such page")
+        elif action == "empty":
+            self._send(200, b"")
+        elif action == "random":
+            self._send(200, random.Random(name).randbytes(len(body)))
         elif action == "stall":
             time.sleep(self.stall_seconds)
             self._send(200, body)
@@ -125,6 +135,12 @@ class FaultyHandler(QuietFileHandler):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True
             self.connection.close()
+        elif action == "redirect off site":
+            self._send(302, b"", {"Location": f"http://example.invalid/DS9/{name}"})
+        elif action == "redirect on site":
+            self._send(301, b"", {"Location": f"/DS9/{name}?moved=1"})
+        else:
+            raise ValueError(f"unknown fault {action!r}")
 
     def _send(self, status: int, body: bytes, headers: dict | None = None) -> None:
         self.send_response(status)
@@ -135,20 +151,69 @@ class FaultyHandler(QuietFileHandler):
         self.wfile.write(body)
 
 
-class FaultLog:
-    """What the faulty server saw: attempts per page, when each came, and the User-Agent of every request."""
+class FaultyHandler(MisbehavingHandler):
+    """A made-up site that plays FAULT_SCRIPT."""
 
-    def __init__(self):
-        self.attempts: Counter = Counter()
-        self.times: dict[str, list[float]] = {}
-        self.user_agents: list[str] = []
+    def do_GET(self) -> None:
+        name = self._record()
+        if self.path == "/DS9/episodes.htm":
+            return self._send(200, fault_index())
+        script = FAULT_SCRIPT.get(name)
+        if script is None or not self.path.startswith("/DS9/"):
+            return self._send(404, b"not here")
+        self.misbehave(script[min(self.log.attempts[name], len(script)) - 1], name, page_html(name))
+
+
+class FirstRequestFaultHandler(MisbehavingHandler):
+    """Serves a folder like the real site, but the first request for each page in ``faults`` misbehaves."""
+
+    faults: dict[str, str]  # page name -> fault; set per server
+
+    def do_GET(self) -> None:
+        name = self._record()
+        fault = self.faults.get(name)
+        if fault is None or self.log.attempts[name] > 1:
+            return super().do_GET()
+        self.misbehave(fault, name, (Path(self.directory) / "DS9" / name).read_bytes())
+
+
+class SilentHandler(QuietFileHandler):
+    """Accepts every request and never answers it (until the server closes)."""
+
+    log: FaultLog
+    closing: threading.Event
+
+    def do_GET(self) -> None:
+        self.log.attempts[self.path.rsplit("/", 1)[-1]] += 1
+        self.log.paths.append(self.path)
+        self.closing.wait()
+        self.close_connection = True
+
+
+def _serve(handler: type, folder: Path | None = None, **attributes) -> tuple[LoopbackServer, FaultLog]:
+    log = FaultLog()
+    handler_class = type(handler.__name__, (handler,), {"log": log, **attributes})
+    return LoopbackServer(partial(handler_class, directory=str(folder) if folder else None)), log
 
 
 def make_fault_server() -> tuple[LoopbackServer, FaultLog]:
-    log = FaultLog()
-    handler = type(
-        "ScriptedHandler",
-        (FaultyHandler,),
-        {"attempts": log.attempts, "request_times": log.times, "user_agents": log.user_agents},
-    )
-    return LoopbackServer(handler), log
+    """The made-up site of FAULT_SCRIPT."""
+    return _serve(FaultyHandler)
+
+
+def make_first_request_fault_server(folder: Path, faults: dict[str, str], stall_seconds: float = 2.0):
+    """``folder`` served as the site, where the first request for each page in ``faults`` goes wrong that way."""
+    return _serve(FirstRequestFaultHandler, folder, faults=faults, stall_seconds=stall_seconds)
+
+
+class SilentServer(LoopbackServer):
+    """A server that accepts connections and never answers; ``close`` lets the waiting handlers go."""
+
+    def __init__(self):
+        self.log = FaultLog()
+        self.closing = threading.Event()
+        super().__init__(type("Silent", (SilentHandler,), {"log": self.log, "closing": self.closing}))
+
+    def close(self) -> None:
+        self.closing.set()
+        super().close()
