@@ -5,6 +5,10 @@ A user there uploads one ``.ipynb`` file and runs it: there is no checkout aroun
 there with a fresh, empty data folder, so its set-up cell has to download the transcripts (from the loopback
 mirror that conftest.py serves, in place of chakoteya.net) and build the corpus by itself.
 
+Its set-up cell's output says where the data is and what was downloaded and built, and how long that took,
+without this machine's absolute paths (the output is saved in the notebook and read on GitHub):
+``test_the_set_up_output_shows_paths_a_reader_can_use`` checks how each kind of data folder is shown.
+
 ``test_every_notebook_starts_with_the_same_set_up_cell`` keeps the first code cell identical everywhere, so
 that fixing it once (in 00) and copying it is the only way it ever changes.
 """
@@ -12,6 +16,7 @@ that fixing it once (in 00) and copying it is the only way it ever changes.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -73,8 +78,42 @@ def test_a_notebook_runs_alone_in_an_empty_folder(tmp_path, monkeypatch, mirror_
     ]
     assert not errors
     setup = next(cell for cell in notebook.cells if cell.cell_type == "code")
-    printed = "".join(output.get("text", "") for output in setup.outputs if output.get("output_type") == "stream")
-    assert f"data folder: {data.resolve()}" in printed
+    printed = "".join(output.get("text", "") for output in setup.outputs if output.get("name") == "stdout")
+    # The data went where DS9_DATA_DIR says, and the output says so without this machine's absolute path.
+    assert "data folder: $DS9_DATA_DIR/\n" in printed
+    assert re.search(
+        r"corpus: +downloaded \d+ transcript pages from 127\.0\.0\.1:\d+ in [\d.]+ s; "
+        r"built the corpus \([\d,]+ characters\) in [\d.]+ s\n",
+        printed,
+    ), printed
+    assert str(tmp_path) not in printed
     assert (data / "corpus" / "train.txt").exists()
     assert (data / "chakoteya" / "DS9" / "episodes.htm").exists()
     assert sorted(path.name for path in work.iterdir()) == [copy.name]  # nothing written beside the notebook
+
+
+def test_the_set_up_output_shows_paths_a_reader_can_use(tmp_path, monkeypatch):
+    from ds9_utils.settings import PROJECT_ROOT as package_root
+    from ds9_utils.workspace import CORPUS_FILES, display_path, setup_notebook
+
+    work = tmp_path / "kaggle-working"
+    (work / "data" / "corpus").mkdir(parents=True)
+    for name in CORPUS_FILES:  # a built corpus: set-up finds it and downloads nothing
+        (work / "data" / "corpus" / name).write_text("x")
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("DS9_DATA_DIR", str(work / "data"))
+    workspace = setup_notebook(progress=False)
+    assert workspace.corpus_dir == (work / "data" / "corpus").resolve()
+    assert str(workspace).splitlines()[:2] == ["data folder: data/", "corpus:      found in data/corpus/ (cached)"]
+
+    assert display_path(work) == "./"
+    if Path.home() not in tmp_path.parents:  # a path outside every known folder is shown as it is
+        assert display_path(tmp_path / "elsewhere" / "model.pt") == str(tmp_path / "elsewhere" / "model.pt")
+    monkeypatch.setenv("DS9_DATA_DIR", str(tmp_path / "elsewhere"))
+    assert display_path(tmp_path / "elsewhere" / "model.pt") == "$DS9_DATA_DIR/model.pt"
+    assert display_path(Path.home() / "course-data" / "x.pt") == "~/course-data/x.pt"
+    if (package_root / "pyproject.toml").exists():  # ds9_utils runs from a clone: as seen from notebooks/
+        monkeypatch.chdir(package_root / "notebooks")
+        assert display_path(package_root / "data" / "corpus" / "train.txt") == "../data/corpus/train.txt"
+        monkeypatch.chdir(tmp_path)
+        assert display_path(package_root / "data" / "x.pt") == "the course's data/x.pt"
