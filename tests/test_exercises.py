@@ -1,0 +1,183 @@
+"""The self-checking exercises: every reference solution passes its check, broken answers are caught with a
+specific message, solutions stay hidden, and every notebook's exercise cells match the registry."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from collections import Counter
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+from torch import nn
+
+from ds9_utils import exercises
+from ds9_utils.exercises import Exercise, all_exercises, check, problems, solution
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+EXERCISES = all_exercises()
+CHECK_CALL = re.compile(r"""\bcheck\(\s*["'](\d\d\.\d+)["']""")
+SOLUTION_CALL = re.compile(r"""\bsolution\(\s*["'](\d\d\.\d+)["']\s*\)""")
+
+
+def printed(function, *args) -> tuple[object, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        result = function(*args)
+    return result, out.getvalue()
+
+
+def perturbed(value):
+    """The same answer, slightly wrong: numbers moved, flags flipped, a module's output shifted."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, torch.Tensor):
+        return ~value if value.dtype == torch.bool else value + 1
+    if isinstance(value, str):
+        return value + "?"
+    if isinstance(value, (list, tuple)):
+        return type(value)(perturbed(item) for item in value) if value else [0]
+    if isinstance(value, (dict, Counter)):
+        return {key: perturbed(item) for key, item in value.items()} if value else {"?": 1}
+    if isinstance(value, nn.Module):
+        return _Shifted(value)
+    if callable(value):
+        return lambda *args, **kwargs: perturbed(value(*args, **kwargs))
+    raise AssertionError(f"the test cannot perturb a {type(value).__name__}: teach perturbed() about it")
+
+
+class _Shifted(nn.Module):
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        return perturbed(self.module(*args, **kwargs))
+
+
+@pytest.mark.parametrize("exercise_id", EXERCISES)
+def test_the_reference_solution_passes_its_check(exercise_id):
+    exercise = EXERCISES[exercise_id]
+    assert problems(exercise, exercise.reference()) == []
+    right, output = printed(check, exercise_id, exercise.reference())
+    assert right is True
+    assert output.startswith("✅ right: ")
+
+
+@pytest.mark.parametrize("exercise_id", EXERCISES)
+def test_a_wrong_answer_is_reported_specifically(exercise_id):
+    exercise = EXERCISES[exercise_id]
+    reference = exercise.reference()
+    if exercise.expects == "function":
+        wrong_answers = [lambda *args, **kwargs: None, lambda *args, **kwargs: perturbed(reference(*args, **kwargs))]
+    else:
+        wrong_answers = [perturbed(reference)]
+    for wrong in wrong_answers:
+        right, output = printed(check, exercise_id, wrong)
+        assert right is False
+        assert output.startswith("❌ not yet: ")
+        assert output.count("\n") == 1, "one line per check"
+        assert "your answer raised" not in output, f"the check crashed on a wrong answer instead of comparing: {output}"
+
+
+def test_unfinished_answers_are_reported_never_raised():
+    def unwritten(*args):
+        raise NotImplementedError
+
+    def crashes(*args):
+        return [][1]
+
+    for answer, expected in [
+        (None, "there is no answer yet"),
+        (..., "there is no answer yet"),
+        (unwritten, "not written yet"),
+        (crashes, "your answer raised IndexError: list index out of range"),
+        (42, "expected a function, got int"),
+    ]:
+        right, output = printed(check, "05.2", answer)
+        assert right is False
+        assert expected in output
+
+
+def test_a_solution_is_hidden_until_asked_for():
+    calls = []
+
+    def reference():
+        calls.append("ran")
+        return 41 + 1
+
+    exercise = Exercise(
+        "99.1", "A test exercise", lambda answer: [] if answer == 42 else ["not 42"], reference, expects="value"
+    )
+    exercises.register(exercise)
+    try:
+        view = solution("99.1")
+        page = view._repr_html_()
+        assert page.startswith("<details><summary>Show the solution to exercise 99.1")
+        assert page.rstrip().endswith("</details>")
+        assert "41 + 1" in page and "return" in page
+        assert "solution('99.1').run()" in repr(view)
+        assert calls == [], "showing a solution must not run it"
+        assert view.run() == 42 and calls == ["ran"]
+    finally:
+        exercises._REGISTRY.pop("99.1")
+
+
+@pytest.mark.parametrize("exercise_id", EXERCISES)
+def test_every_solution_shows_its_source_escaped(exercise_id):
+    page = solution(exercise_id)._repr_html_()
+    assert page.startswith("<details>") and "<pre>" in page
+    assert re.search(r"\b(def|class) ", page)
+    assert "<pre>" not in page.split("<pre>", 1)[1], "the source must be HTML-escaped"
+
+
+def test_an_unknown_exercise_says_which_exist():
+    with pytest.raises(KeyError, match=r"there is no exercise '05\.9'; the exercises are 00\.1"):
+        check("05.9", None)
+
+
+def _code_cells(notebook_path: Path) -> list[str]:
+    return [cell.source for cell in nbformat.read(notebook_path, as_version=4).cells if cell.cell_type == "code"]
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.stem)
+def test_a_notebooks_exercises_are_registered_with_check_and_solution_cells(notebook):
+    chapter = notebook.name[:2]
+    cells = _code_cells(notebook)
+    checked = {match for source in cells for match in CHECK_CALL.findall(source)}
+    shown = {match for source in cells for match in SOLUTION_CALL.findall(source)}
+    registered = {exercise_id for exercise_id in EXERCISES if exercise_id.startswith(chapter + ".")}
+    assert checked <= set(EXERCISES), f"checks of exercises that do not exist: {checked - set(EXERCISES)}"
+    assert checked == registered, f"registered for chapter {chapter} but not checked in it: {registered - checked}"
+    assert shown == registered, f"exercises without a solution cell: {registered - shown}"
+    if registered:
+        assert any("from ds9_utils.exercises import check, solution" in source for source in cells)
+        markdown = [cell.source for cell in nbformat.read(notebook, as_version=4).cells if cell.cell_type == "markdown"]
+        assert not any(source.strip() == "**Solution**" for source in markdown), "an old solution cell is left"
+
+
+def _exercise_section(notebook: Path) -> list[nbformat.NotebookNode]:
+    cells = nbformat.read(notebook, as_version=4).cells
+    start = next(i for i, cell in enumerate(cells) if cell.source.startswith("## Exercises"))
+    end = next(i for i, cell in enumerate(cells) if cell.source.startswith("## Next"))
+    return cells[start:end]
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS[:8], ids=lambda path: path.stem)
+def test_the_exercise_cells_run_on_their_own_and_call_the_starters_not_yet(notebook):
+    section = _exercise_section(notebook)
+    namespace: dict = {}
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        for cell in section:
+            if cell.cell_type == "code":
+                exec(compile(cell.source, f"{notebook.name} cell {cell.get('id')}", "exec"), namespace)
+    lines = output.getvalue().splitlines()
+    ids = [exercise_id for cell in section for exercise_id in CHECK_CALL.findall(cell.source)]
+    assert len(ids) == 3
+    assert [line.split(":")[0] for line in lines] == ["❌ not yet"] * len(ids)
