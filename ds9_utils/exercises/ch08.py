@@ -1,0 +1,141 @@
+"""Chapter 08's exercises: positions as rotations, reading past the window, what depth and positions cost."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ds9_utils.exercises import Exercise, close_problem, equal_problem, register
+from ds9_utils.model import GPT, GPTConfig, sinusoidal_positions
+
+
+def rotation_matrices(k: int, n_embd: int) -> torch.Tensor:
+    # Pair (2i, 2i+1) of row t holds (sin tω_i, cos tω_i). Adding kω_i to the angle is a rotation:
+    # [sin a, cos a] @ [[cos b, -sin b], [sin b, cos b]] = [sin(a + b), cos(a + b)], with b = kω_i.
+    omegas = torch.exp(torch.arange(0, n_embd, 2, dtype=torch.float32) * (-math.log(10000.0) / n_embd))
+    cos, sin = torch.cos(k * omegas), torch.sin(k * omegas)
+    first_rows = torch.stack([cos, -sin], dim=-1)
+    second_rows = torch.stack([sin, cos], dim=-1)
+    return torch.stack([first_rows, second_rows], dim=-2)  # (n_embd // 2, 2, 2)
+
+
+def _check_rotation_matrices(answer) -> list[str]:
+    for k, n_embd, positions in [(5, 16, 40), (1, 8, 10), (12, 32, 64)]:
+        matrices = answer(k, n_embd)
+        if not isinstance(matrices, torch.Tensor) or tuple(matrices.shape) != (n_embd // 2, 2, 2):
+            shape = tuple(matrices.shape) if isinstance(matrices, torch.Tensor) else type(matrices).__name__
+            return [f"rotation_matrices({k}, {n_embd}) should be a tensor of shape {(n_embd // 2, 2, 2)}, got {shape}"]
+        table = sinusoidal_positions(positions, n_embd)
+        pairs = table[:-k].view(positions - k, n_embd // 2, 1, 2)  # row t, pair i, as a 1 x 2 row vector
+        rotated = (pairs @ matrices.float()).view(positions - k, n_embd)
+        problem = close_problem(
+            f"rows t of the table times rotation_matrices({k}, {n_embd}) (they should be rows t + {k})",
+            rotated,
+            table[k:],
+            atol=1e-4,
+        )
+        if problem:
+            return [problem]
+    return []
+
+
+register(
+    Exercise(
+        id="08.1",
+        title="Positions as rotations",
+        check=_check_rotation_matrices,
+        solution=rotation_matrices,
+        verified="one fixed rotation per pair of dimensions turns every position t into t + k, for every t",
+    )
+)
+
+
+def last_window(idx: torch.Tensor, block_size: int) -> torch.Tensor:
+    # Keep the newest block_size tokens of every row: all a model with block_size positions can read.
+    return idx[:, -block_size:]
+
+
+def _check_last_window(answer) -> list[str]:
+    generator = torch.Generator().manual_seed(0)
+    for rows, length, block_size in [(2, 20, 8), (3, 8, 8), (1, 5, 8)]:
+        idx = torch.randint(50, (rows, length), generator=generator)
+        problem = close_problem(
+            f"last_window(a {rows} x {length} batch, {block_size})",
+            answer(idx, block_size),
+            idx[:, -block_size:],
+            atol=0,
+        )
+        if problem:
+            return [problem]
+    model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=8, positional="learned"))
+    model(answer(torch.randint(50, (1, 30), generator=generator), 8))  # must not raise "longer than block_size"
+    return []
+
+
+def _beyond_the_window_demo() -> None:
+    longer = sinusoidal_positions(64, 16)
+    print(
+        "the sinusoidal table goes on past any window: a 64-row table starts with the 32-row one:",
+        torch.allclose(longer[:32], sinusoidal_positions(32, 16)),
+    )
+    model = GPT(GPTConfig(vocab_size=50, block_size=32, n_layer=1, n_head=2, n_embd=16, positional="learned"))
+    text = torch.randint(50, (1, 40))
+    try:
+        model(text)
+    except ValueError as error:
+        print("a learned-position model given 40 tokens:", error)
+    print("given last_window(text, 32):", tuple(model(last_window(text, 32))[0].shape), "logits")
+
+
+register(
+    Exercise(
+        id="08.2",
+        title="Beyond the window",
+        check=_check_last_window,
+        solution=last_window,
+        verified="keeps the newest block_size tokens of every row (and short rows whole); a GPT reads the result",
+        demo=_beyond_the_window_demo,
+    )
+)
+
+
+def gpt_parameters(config: GPTConfig) -> int:
+    # Tied token embedding / output layer: vocab x C. A learned position table: block_size x C.
+    # Each block: qkv 3C² + proj C² + feed-forward 4C² + 4C², and two layer norms of C; then the last layer norm.
+    C = config.n_embd
+    positions = config.block_size * C if config.positional == "learned" else 0
+    per_block = 12 * C * C + 2 * C
+    return config.vocab_size * C + positions + config.n_layer * per_block + C
+
+
+def _check_gpt_parameters(answer) -> list[str]:
+    configs = [
+        GPTConfig(vocab_size=60, block_size=16, n_layer=1, n_head=2, n_embd=8),
+        GPTConfig(vocab_size=60, block_size=16, n_layer=4, n_head=2, n_embd=8),
+        GPTConfig(vocab_size=90, block_size=64, n_layer=2, n_head=4, n_embd=32),
+        GPTConfig(vocab_size=90, block_size=64, n_layer=2, n_head=4, n_embd=32, positional="sinusoidal"),
+        GPTConfig(vocab_size=90, block_size=64, n_layer=2, n_head=4, n_embd=32, positional="none"),
+    ]
+    for config in configs:
+        expected = sum(p.numel() for p in GPT(config).parameters())
+        what = (
+            f"gpt_parameters for n_layer={config.n_layer}, n_embd={config.n_embd}, "
+            f"block_size={config.block_size}, positional={config.positional!r}"
+        )
+        problem = equal_problem(what, answer(config), expected)
+        if problem:
+            return [problem + " (count what GPT(config).parameters() holds; the output layer shares the token table)"]
+    return []
+
+
+register(
+    Exercise(
+        id="08.3",
+        title="Depth against parameters",
+        check=_check_gpt_parameters,
+        solution=gpt_parameters,
+        verified="counts a GPT's parameters without building it: 12·n_embd² + 2·n_embd per block, block_size·n_embd "
+        "for learned positions",
+    )
+)

@@ -1,0 +1,137 @@
+"""Chapter 09's exercises: early stopping, the learning-rate schedule, what bits per character mean."""
+
+from __future__ import annotations
+
+import math
+
+from ds9_utils.exercises import Exercise, number_problem, register
+from ds9_utils.train import TrainConfig, lr_at
+
+
+def stop_when_stuck(patience: int = 3):
+    # A callback with a memory: the best validation loss so far, and how many evaluations since it improved.
+    best, waited = float("inf"), 0
+
+    def callback(step, metrics):
+        nonlocal best, waited
+        if metrics["val_loss"] < best:
+            best, waited = metrics["val_loss"], 0
+        else:
+            waited += 1
+        return waited >= patience
+
+    return callback
+
+
+def _decisions(callback, val_losses: list[float]) -> list[bool]:
+    """What a callback answers after each evaluation of a run with these validation losses."""
+    return [bool(callback(100 * (i + 1), {"train_loss": 2.0, "val_loss": loss})) for i, loss in enumerate(val_losses)]
+
+
+def _check_stop_when_stuck(answer) -> list[str]:
+    runs = [
+        ("a run that improves, then gets worse", 3, [3.0, 2.5, 2.6, 2.7, 2.8, 2.4]),
+        ("a run that ties its best (a tie is no improvement)", 3, [2.0, 2.0, 2.0, 2.0]),
+        ("a run that keeps improving", 3, [3.0, 2.9, 2.8, 2.7, 2.6]),
+        ("a run that improves again just in time", 2, [3.0, 3.1, 2.9, 3.0, 3.2]),
+    ]
+    if not callable(answer(3)):
+        return [f"stop_when_stuck(3) should return the callback function, got {answer(3)!r}"]
+    for what, patience, losses in runs:
+        expected = _decisions(stop_when_stuck(patience), losses)
+        got = _decisions(answer(patience), losses)
+        if got != expected:
+            return [
+                f"{what}, patience={patience}, validation losses {losses}: the callback should answer "
+                f"{expected}, answered {got}"
+            ]
+    first, second = answer(3), answer(3)
+    _decisions(first, [1.0, 2.0, 2.0])
+    if _decisions(second, [3.0]) != [False]:
+        return [
+            "two callbacks made by stop_when_stuck share their memory: keep `best` and `waited` inside the "
+            "function (nonlocal), not in global variables"
+        ]
+    return []
+
+
+register(
+    Exercise(
+        id="09.1",
+        title="Early stopping",
+        check=_check_stop_when_stuck,
+        solution=stop_when_stuck,
+        verified="stops after `patience` evaluations without a new best validation loss, never earlier",
+    )
+)
+
+
+def learning_rate_at(step: int, cfg: TrainConfig) -> float:
+    # Warm-up: a straight line up to learning_rate over warmup_steps steps (step 0 already gets a little).
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    # Then half a cosine wave down to min_lr at max_steps, and min_lr after that.
+    if step >= cfg.max_steps:
+        return cfg.min_lr
+    progress = (step - cfg.warmup_steps) / (cfg.max_steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def _check_learning_rate_at(answer) -> list[str]:
+    configs = [
+        TrainConfig(max_steps=100, warmup_steps=10, learning_rate=3e-3, min_lr=3e-4),
+        TrainConfig(max_steps=40, warmup_steps=0, learning_rate=3e-2, min_lr=3e-3),
+        TrainConfig(max_steps=7, warmup_steps=3, learning_rate=1e-3, min_lr=0.0),
+    ]
+    for cfg in configs:
+        for step in range(cfg.max_steps + 3):
+            what = (
+                f"learning_rate_at({step}, cfg) with warmup_steps={cfg.warmup_steps}, max_steps={cfg.max_steps}, "
+                f"learning_rate={cfg.learning_rate:g}, min_lr={cfg.min_lr:g}"
+            )
+            problem = number_problem(what, answer(step, cfg), lr_at(step, cfg), rel=1e-6, abs_tol=1e-12)
+            if problem:
+                return [problem]
+    return []
+
+
+register(
+    Exercise(
+        id="09.2",
+        title="The schedule: warm-up, then cosine decay",
+        check=_check_learning_rate_at,
+        solution=learning_rate_at,
+        verified="the same learning rate as ds9_utils.train.lr_at at every step, with and without warm-up",
+    )
+)
+
+
+def bits_summary(bits_per_char: float, n_characters: int) -> tuple[float, float]:
+    # b bits per character: the right character gets, on average (geometric mean), a probability of 2^-b;
+    # an ideal compressor driven by the model spends b bits, b / 8 bytes, on each character.
+    return 2**-bits_per_char, n_characters * bits_per_char / 8
+
+
+def _check_bits_summary(answer) -> list[str]:
+    for bits, n_characters in [(1.0, 800), (1.6, 1_000_000), (4.5, 123)]:
+        got = answer(bits, n_characters)
+        if not isinstance(got, tuple) or len(got) != 2:
+            return [f"bits_summary({bits}, {n_characters}) should return a tuple (probability, bytes), got {got!r}"]
+        probability, n_bytes = bits_summary(bits, n_characters)
+        problem = number_problem(f"the probability for {bits} bits per character", got[0], probability) or (
+            number_problem(f"the bytes for {n_characters:,} characters at {bits} bits each", got[1], n_bytes)
+        )
+        if problem:
+            return [problem]
+    return []
+
+
+register(
+    Exercise(
+        id="09.3",
+        title="Bits and probabilities",
+        check=_check_bits_summary,
+        solution=bits_summary,
+        verified="b bits per character = a probability of 2^-b for the right character, and b/8 bytes per character",
+    )
+)
