@@ -5,6 +5,10 @@ It lives at the project's root so that it applies however pytest is started (``p
 notebooks that nbval executes inherit the same environment (Jupyter kernels start with a copy of ours):
 they download from the loopback mirror into a temporary data folder, exactly as a user's run downloads
 from the real site.
+
+Where there is no mirror, nothing may reach the real site: the site's address is a closed loopback port
+(a download that slips through fails within seconds), the polite delay stays, and the tests and notebooks that need
+the transcripts are skipped with the reason.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ sys.path.insert(0, str(PROJECT_ROOT / "tests"))  # the loopback servers the test
 from servers import serve_folder  # noqa: E402
 
 MIRROR = Path(os.environ.get("DS9_MIRROR", PROJECT_ROOT.parent / "shared" / "chakoteya")).resolve()
+HAVE_MIRROR = (MIRROR / "DS9" / "episodes.htm").exists()
 MIRROR_MISSING = f"the site's mirror is not at {MIRROR} (set DS9_MIRROR to a copy of chakoteya.net's pages)"
+NO_SITE = "http://127.0.0.1:9/"  # the discard port: nothing listens there
 
 _mirror_server = None
 _data_dir = None
@@ -32,13 +38,25 @@ _data_dir = None
 def pytest_configure(config: pytest.Config) -> None:
     global _mirror_server, _data_dir
     os.environ["DS9_QUICK"] = "1"
-    os.environ["DS9_DOWNLOAD_DELAY"] = "0"
     os.environ["MPLBACKEND"] = "agg"
     _data_dir = tempfile.mkdtemp(prefix="ds9-test-data-")
     os.environ["DS9_DATA_DIR"] = _data_dir
-    if (MIRROR / "DS9" / "episodes.htm").exists():
+    if HAVE_MIRROR:
         _mirror_server = serve_folder(MIRROR)
         os.environ["DS9_BASE_URL"] = _mirror_server.url
+        os.environ["DS9_DOWNLOAD_DELAY"] = "0"  # our own server on 127.0.0.1: no one to be polite to
+    else:
+        os.environ["DS9_BASE_URL"] = NO_SITE
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without the mirror, the notebooks (each starts by fetching the transcripts) are skipped."""
+    if HAVE_MIRROR:
+        return
+    notebooks = PROJECT_ROOT / "notebooks"
+    for item in items:
+        if notebooks in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.skip(reason=f"{MIRROR_MISSING}; the notebooks need its pages"))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -51,7 +69,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def mirror_dir() -> Path:
     """The shared copy of the site (skips the test where a fork has none)."""
-    if not (MIRROR / "DS9" / "episodes.htm").exists():
+    if not HAVE_MIRROR:
         pytest.skip(MIRROR_MISSING)
     return MIRROR
 

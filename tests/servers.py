@@ -59,6 +59,22 @@ def page_html(title: str) -> bytes:
     ).encode("utf-8")
 
 
+def index_html(pages: list[str], extra_hrefs: tuple[str, ...] = ()) -> bytes:
+    """An ``episodes.htm`` in the site's layout that links ``pages``, then the links in ``extra_hrefs``."""
+    hrefs = list(pages) + list(extra_hrefs)
+    rows = "".join(f'<tr><td><a href="{href}">Episode {href}</a></td><td>{i}</td></tr>' for i, href in enumerate(hrefs))
+    return f"<html><body><h2>Season 1</h2><table>{rows}</table></body></html>".encode()
+
+
+def write_site(folder: Path, pages: dict[str, bytes], extra_hrefs: tuple[str, ...] = ()) -> Path:
+    """A copy of the site in ``folder``: ``DS9/episodes.htm`` linking ``pages`` (name -> bytes), and the pages."""
+    (folder / "DS9").mkdir(parents=True, exist_ok=True)
+    (folder / "DS9" / "episodes.htm").write_bytes(index_html(list(pages), extra_hrefs))
+    for name, body in pages.items():
+        (folder / "DS9" / name).write_bytes(body)
+    return folder
+
+
 # What each page of the faulty site does, attempt by attempt; the last behaviour repeats.
 FAULT_SCRIPT = {
     "901.htm": ["500", "ok"],
