@@ -52,7 +52,7 @@ def _tiny_model() -> GPT:
 
 def sample_batch(model, prompt_ids: list[int], rows: int, new_tokens: int, generator) -> torch.Tensor:
     # One call for all the rows: every step's matrix multiplications then handle the rows together.
-    idx = torch.tensor([prompt_ids] * rows)
+    idx = torch.tensor([prompt_ids] * rows, device=next(model.parameters()).device)
     return generate(model, idx, new_tokens, generator=generator)
 
 

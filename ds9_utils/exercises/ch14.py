@@ -80,6 +80,11 @@ def _check_one_rule_variants(answer) -> list[str]:
             return [f"{rule!r} is not one of the rater's rules {list(good)}"]
         if not isinstance(scene, str):
             return [f"the {rule!r} variant should be a scene (a string), got {scene!r}"]
+        if not scene.endswith("\n"):
+            return [
+                f"the {rule!r} variant should end with a line break, as the good scene does: the rater leaves "
+                "an unfinished last line out, so whatever is written there changes nothing"
+            ]
         rules = rater.rate(scene, "KIRA").rules
         if rules[rule] >= good[rule]:
             return [f"the {rule!r} variant does not break its rule: {rule} is {rules[rule]:.2f}, as for the good scene"]
