@@ -35,6 +35,7 @@ ALLOWED: dict[str, set[str]] = {
         "1.88",  # nanoGPT's reported validation loss on tiny Shakespeare (its README)
     },
     "03": {"1,000"},  # a round number of samples, a setting
+    "07": {"0.2"},  # the gpu preset's dropout rate, a setting
     "12": {"1,024"},  # the BPE vocabulary size asked for, a setting
     "14": {"0.05"},  # the rater's tie margin, a setting of ds9_utils.feedback
 }
