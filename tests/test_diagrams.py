@@ -1,0 +1,214 @@
+"""The diagrams draw what they promise (labels carrying the sizes passed in, every label inside the figure and
+clear of the others), refuse impossible sizes with one clear line, and each chapter shows its diagram
+before the code that builds the mechanism (Agg backend, no display)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
+
+from ds9_utils import diagrams  # noqa: E402
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def all_text(fig: Figure) -> str:
+    return "\n".join(t.get_text() for t in fig.findobj(Text))
+
+
+def assert_readable(fig: Figure) -> None:
+    """A notebook-sized figure whose labels all lie inside it and never overlap one another."""
+    assert isinstance(fig, Figure)
+    assert plt.fignum_exists(fig.number), "pyplot must know the figure, so that plt.show() shows it"
+    width, height = fig.get_size_inches()
+    assert 7.0 <= width <= 9.0 and 3.0 <= height <= 4.5
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [
+        (t.get_text(), t.get_window_extent(renderer))
+        for t in fig.findobj(Text)
+        if t.get_visible() and t.get_text().strip()
+    ]
+    assert boxes, "a diagram without any label"
+    for text, box in boxes:
+        inside = box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height
+        assert inside, f"{text!r} runs off the figure: {box}"
+    for i, (text_a, a) in enumerate(boxes):
+        for text_b, b in boxes[i + 1 :]:
+            overlap_x = min(a.x1, b.x1) - max(a.x0, b.x0)
+            overlap_y = min(a.y1, b.y1) - max(a.y0, b.y0)
+            assert overlap_x <= 1 or overlap_y <= 1, f"{text_a!r} and {text_b!r} overlap"
+
+
+@pytest.mark.parametrize("draw", list(diagrams.BY_CHAPTER.values()), ids=lambda f: f.__name__)
+def test_every_diagram_draws_with_its_defaults(draw):
+    assert_readable(draw())
+
+
+def causal_weights(T: int, seed: int = 0) -> torch.Tensor:
+    scores = torch.randn(T, T, generator=torch.Generator().manual_seed(seed))
+    return scores.masked_fill(torch.ones(T, T).tril() == 0, float("-inf")).softmax(dim=-1)
+
+
+WEIGHTS = causal_weights(5)
+
+CUSTOM = [
+    (
+        lambda: diagrams.next_token("QUAR", probabilities={"K": 0.9, "T": 0.1}),
+        ["90%", "10%", "the probabilities given"],
+    ),
+    (
+        lambda: diagrams.next_token("ODO: I", text="ODO: I see.\nODO: It is.\nODO: I'm here.\n"),
+        ["counted after 3 occurrences", "33%"],
+    ),
+    (lambda: diagrams.bigram_table("DAX: Dax.", vocab_size=65), ["65 \u00d7 65", "here 8 \u00d7 8"]),
+    (
+        lambda: diagrams.attention(WEIGHTS, "Quark", row=3),
+        ["weights (5, 5)", "v (5, head_size)", "Row 3", diagrams._weight_text(float(WEIGHTS[3, 0]))],
+    ),
+    (
+        lambda: diagrams.heads(n_embd=64, n_head=8),
+        ["8 heads of 8 instead of one head of 64", "64 // 8 = 8", "8 \u00d7 8"],
+    ),
+    (
+        lambda: diagrams.transformer_block(n_embd=32, n_head=4, n_layer=6),
+        ["32 \u2192 128 \u2192 32", "4 heads of 8", "n_layer = 6"],
+    ),
+    (
+        lambda: diagrams.positional_encoding("ODO", n_embd=16, kind="learned"),
+        ["of 16 numbers", "a learned table", "t=2", "The two O (t=0 and t=2)"],
+    ),
+    (
+        lambda: diagrams.training_loop(batch_size=8, block_size=64, vocab_size=100, grad_clip=0.5),
+        ["logits (8, 64, 100)", "8 windows of 64", "above 0.5"],
+    ),
+    (
+        lambda: diagrams.kv_cache("ODO", n_layer=2, n_embd=32, block_size=16),
+        ["2 \u00d7 2 \u00d7 16 \u00d7 32 = 2,048 numbers", "computed: 6", "computed: 3"],
+    ),
+    (
+        lambda: diagrams.bpe_merges("aaab aaab", num_merges=2),
+        ["a + a \u2192 256 (4\u00d7)", "a + b \u2192 257 (2\u00d7)", "9", "7", "5"],
+    ),
+    (
+        lambda: diagrams.lora(in_features=64, out_features=64, rank=4, alpha=8),
+        ["64 \u00d7 64 = 4,096", "4 \u00d7 (64 + 64) = 512", "12.5% of W", "\u00d7 2"],
+    ),
+    (lambda: diagrams.rlhf_loop(kl_coef=0.05, judge="a person"), ["0.05 \u00b7 KL", "a person or you"]),
+    (lambda: diagrams.data_parallel(n_ranks=4, batch_size=32), ["rank 3: rows 24\u201331", "/ 4", "32 windows"]),
+]
+
+
+@pytest.mark.parametrize("draw, expected", CUSTOM, ids=[f"custom-{i}" for i in range(len(CUSTOM))])
+def test_diagrams_show_the_sizes_and_values_passed_in(draw, expected):
+    fig = draw()
+    assert_readable(fig)
+    text = all_text(fig)
+    for label in expected:
+        assert label in text, f"{label!r} is not among the diagram's labels"
+
+
+def test_attention_takes_a_long_map_and_numbers_only_what_fits():
+    fig = diagrams.attention(causal_weights(20), "SISKO: Odo, have you")
+    assert_readable(fig)
+    assert "weights (20, 20)" in all_text(fig)
+
+
+def test_the_sinusoidal_positions_are_the_models_own_table():
+    from ds9_utils.model import sinusoidal_positions
+
+    fig = diagrams.positional_encoding("ab", n_embd=8, dims=4)
+    # The middle row of vectors is drawn from the real table: position 1, dimension 0 is sin(1) > 0 (red).
+    assert sinusoidal_positions(2, 8)[1, 0] > 0.8
+    reds = [p for p in fig.axes[0].patches if p.get_facecolor()[0] > 0.6 and p.get_facecolor()[2] < 0.3]
+    assert reds, "no strongly positive cell drawn"
+
+
+@pytest.mark.parametrize(
+    "draw, message",
+    [
+        (lambda: diagrams.next_token("XYZZY", text="ODO: Quark."), "never occurs"),
+        (lambda: diagrams.next_token(""), "at least one character"),
+        (lambda: diagrams.bigram_table("a"), "at least two characters"),
+        (lambda: diagrams.attention(torch.ones(3, 4) / 4, "abcd"), r"one \(T, T\) map"),
+        (lambda: diagrams.attention(WEIGHTS, "abc"), "3 tokens for a 5x5 map"),
+        (lambda: diagrams.attention(WEIGHTS, "Quark", row=5), "row 5 is not a position"),
+        (lambda: diagrams.attention(causal_weights(30), "x" * 30), "at most 24 positions"),
+        (lambda: diagrams.heads(n_embd=30, n_head=4), "does not split into n_head=4"),
+        (lambda: diagrams.transformer_block(n_embd=30, n_head=4), "does not split into n_head=4"),
+        (lambda: diagrams.positional_encoding(kind="rotary"), "choose 'sinusoidal' or 'learned'"),
+        (lambda: diagrams.kv_cache(""), "at least one token"),
+        (lambda: diagrams.bpe_merges("a"), "at least two bytes"),
+        (lambda: diagrams.bpe_merges("x" * 40), "at most 30 bytes"),
+        (lambda: diagrams.bpe_merges("abab", num_merges=9), "between 1 and 6 merges"),
+        (lambda: diagrams.lora(rank=0), "rank of at least 1"),
+        (lambda: diagrams.data_parallel(n_ranks=2, batch_size=15), "does not split evenly over 2 ranks"),
+        (lambda: diagrams.data_parallel(n_ranks=9, batch_size=18), "between 1 and 8 ranks"),
+    ],
+)
+def test_impossible_sizes_get_one_clear_line(draw, message):
+    with pytest.raises(ValueError, match=message):
+        draw()
+
+
+# The code that builds each chapter's mechanism: its diagram must come before the first code cell with one of these.
+MECHANISM_CODE = {
+    "01": ["following_counts(", "count_table("],
+    "03": ["zip(example, example[1:])", "Counter(zip(", "index_put_("],
+    "05": ["xbow", "class OneHead"],
+    "06": ["class ManyHeads", "MultiHeadAttention("],
+    "07": ["class MyFeedForward", "class MyBlock"],
+    "08": ["def my_sinusoidal", "sinusoidal_positions("],
+    "09": ["def train_by_hand", "train(by_library"],
+    "10": ["cache_numbers", "use_cache=use_cache"],
+    "12": ["def get_pair_counts", "def merge(", "train_bpe_by_hand("],
+    "13": ["layer = base.blocks[0].attn.qkv", "LoRALinear"],
+    "14": ["scene_prompts(", "sample_completions(", "RewardModel("],
+    "15": ["gradients(xb", "torch.distributed.run"],
+}
+
+
+def notebook_cells(chapter: str) -> list[dict]:
+    (path,) = NOTEBOOKS.glob(f"{chapter}_*.ipynb")
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    return [{**cell, "source": "".join(cell["source"])} for cell in cells]
+
+
+@pytest.mark.parametrize("chapter", sorted(diagrams.BY_CHAPTER))
+def test_each_chapter_shows_its_diagram_before_building_the_mechanism(chapter):
+    name = diagrams.BY_CHAPTER[chapter].__name__
+    cells = notebook_cells(chapter)
+    drawing = [
+        i for i, cell in enumerate(cells) if cell["cell_type"] == "code" and f"diagrams.{name}(" in cell["source"]
+    ]
+    assert len(drawing) == 1, f"chapter {chapter} should draw diagrams.{name} in exactly one cell"
+    index = drawing[0]
+    source = cells[index]["source"]
+    assert "from ds9_utils import diagrams" in source
+    assert source.rstrip().endswith("plt.show()"), "the figure must be shown inline"
+    assert cells[index - 1]["cell_type"] == "markdown", "a sentence should say what to look at"
+    builds = [
+        i
+        for i, cell in enumerate(cells)
+        if cell["cell_type"] == "code"
+        and i != index
+        and any(code in cell["source"] for code in MECHANISM_CODE[chapter])
+    ]
+    assert builds, f"chapter {chapter}: none of {MECHANISM_CODE[chapter]} found; update MECHANISM_CODE"
+    assert index < builds[0], f"chapter {chapter}: the diagram (cell {index}) comes after the code (cell {builds[0]})"
