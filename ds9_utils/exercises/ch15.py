@@ -82,7 +82,7 @@ def _measured_positions(prompt_length: int, new_tokens: int, use_cache: bool, bl
 
 
 def _check_positions_processed(answer) -> list[str]:
-    for prompt_length, new_tokens, block_size in [(3, 5, 16), (20, 30, 16), (1, 25, 8)]:
+    for prompt_length, new_tokens, block_size in [(3, 5, 16), (10, 14, 8), (1, 12, 4)]:
         for use_cache in (False, True):
             what = (
                 f"positions_processed(prompt_length={prompt_length}, new_tokens={new_tokens}, "
