@@ -23,6 +23,17 @@ POSITIONAL_OPTIONS = ("learned", "sinusoidal", "none")
 ATTENTION_OPTIONS = ("fast", "explicit")
 
 
+def _check_token_ids(idx: torch.Tensor, vocab_size: int) -> None:
+    """Raise one clear error for token ids that have no row in the embedding table, instead of PyTorch's
+    IndexError (or, on a GPU, a device-side assert). One min/max over the whole batch."""
+    low, high = (int(value) for value in torch.aminmax(idx))
+    if low < 0 or high >= vocab_size:
+        raise ValueError(
+            f"Token ids must be in 0..{vocab_size - 1} (the model's vocabulary), got ids from {low} to {high}; "
+            "encode the text with the tokenizer the model was trained with."
+        )
+
+
 class BigramLanguageModel(nn.Module):
     """The simplest language model: a table whose row ``i`` holds the logits of the character after ``i``."""
 
@@ -39,6 +50,7 @@ class BigramLanguageModel(nn.Module):
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab_size) for every position, and the cross-entropy loss when targets are given."""
+        _check_token_ids(idx, self.token_embedding_table.num_embeddings)
         logits = self.token_embedding_table(idx)
         loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         return logits, loss
@@ -362,9 +374,13 @@ class GPT(nn.Module):
                 f"Cannot process {T} tokens{cached}: the model's block_size is {self.config.block_size}. "
                 "Crop the input to the last block_size tokens (idx[:, -block_size:]) or reset the KV cache."
             )
+        # One new token after cached ones is a generation step: the model sampled that token itself, and a
+        # check would cost a pass over the ids (a device sync on a GPU) for every token generated.
+        if past_length == 0 or T > 1:
+            _check_token_ids(idx, self.config.vocab_size)
         x = self.token_embedding(idx)
-        if self.config.positional == "learned":
-            x = x + self.position_embedding(torch.arange(past_length, past_length + T, device=idx.device))
+        if self.config.positional == "learned":  # rows past_length.. of the table are the positions' vectors
+            x = x + self.position_embedding.weight[past_length : past_length + T]
         elif self.config.positional == "sinusoidal":
             x = x + self.position_table[past_length : past_length + T]
         return self.dropout(x)
