@@ -252,6 +252,23 @@ def preference_rate(
     return sum(wins[judge(p, a, b)] for p, a, b in zip(prompts, tuned, baseline)) / len(prompts)
 
 
+def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% for the default ``z``) around a rate measured on ``n`` comparisons.
+
+    A preference rate from a few dozen comparisons moves a lot by chance; the interval says how much. If it
+    contains 0.5, the comparisons cannot tell the model from a coin toss. Wilson's interval, unlike the
+    textbook ``rate +- z * standard error``, stays inside [0, 1] and behaves at rates near 0 or 1. A rate that
+    counts ties as half (``preference_rate``) is treated like any other fraction of ``n``.
+    """
+    if n < 1:
+        raise ValueError(f"wilson_interval needs at least one comparison, got n={n}")
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"wilson_interval needs a rate between 0 and 1, got {rate}")
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half_width = z / (1 + z * z / n) * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half_width), min(1.0, centre + half_width)
+
+
 # ---------------------------------------------------------------------------------------------- batches
 
 

@@ -34,6 +34,7 @@ from ds9_utils.feedback import (
     train_dpo,
     train_reinforce,
     train_reward_model,
+    wilson_interval,
 )
 from ds9_utils.generate import generate
 from ds9_utils.model import GPT, GPTConfig
@@ -96,6 +97,25 @@ def test_preference_rate_counts_ties_as_half(rater):
     assert preference_rate(rater.judge, [prompt] * 4, [good, good, bad, good], [bad, good, good, bad]) == 2.5 / 4
     with pytest.raises(ValueError, match="equally long"):
         preference_rate(rater.judge, [prompt], [good, good], [bad])
+
+
+def test_wilson_interval_by_hand_and_at_the_edges():
+    # 55.2% of 96 comparisons: by the formula, 0.552 +- about a tenth, so 0.5 lies inside.
+    low, high = wilson_interval(0.552, 96)
+    z = 1.96
+    centre = (0.552 + z * z / 192) / (1 + z * z / 96)
+    half = z / (1 + z * z / 96) * math.sqrt(0.552 * 0.448 / 96 + z * z / (4 * 96 * 96))
+    assert (low, high) == pytest.approx((centre - half, centre + half))
+    assert low < 0.5 < high
+    assert wilson_interval(24 / 32, 32)[0] > 0.5  # 24 of 32 is more than a coin would do
+    assert wilson_interval(0.0, 10)[0] == 0.0 and 0.0 < wilson_interval(0.0, 10)[1] < 0.35
+    assert wilson_interval(1.0, 10)[1] == pytest.approx(1.0) and wilson_interval(1.0, 10)[0] > 0.65
+    narrow, wide = wilson_interval(0.6, 1000), wilson_interval(0.6, 10)
+    assert wide[0] < narrow[0] < 0.6 < narrow[1] < wide[1]  # more comparisons, a narrower interval
+    with pytest.raises(ValueError, match="at least one comparison"):
+        wilson_interval(0.5, 0)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        wilson_interval(1.5, 10)
 
 
 def test_known_speakers_and_prompts():
