@@ -1,13 +1,21 @@
 import math
+import signal
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ds9_utils.generate import generate, generate_text, next_token_distribution, stop_at_text
+from ds9_utils.generate import (
+    _IncrementalDecoder,
+    generate,
+    generate_text,
+    next_token_distribution,
+    stop_at_text,
+    stream_text,
+)
 from ds9_utils.model import GPT, BigramLanguageModel, GPTConfig
-from ds9_utils.tokenizers import CharTokenizer
+from ds9_utils.tokenizers import BPETokenizer, CharTokenizer, Tokenizer
 
 
 def tiny_gpt(**overrides) -> GPT:
@@ -20,10 +28,49 @@ def seeded(seed: int = 1) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def cycling_bigram(tokenizer: CharTokenizer, text: str) -> BigramLanguageModel:
-    """A bigram model that, greedily, continues every character of ``text`` with the next one (cyclically)."""
+class PieceTokenizer(Tokenizer):
+    """A tokenizer whose tokens are strings of several characters, as BPE's are; it also counts how many ids
+    it has decoded, to measure how much work a stop condition does."""
+
+    kind = "pieces"
+
+    def __init__(self, pieces):
+        self.pieces = list(pieces)
+        self.ids_decoded = 0
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.pieces)
+
+    def encode(self, text):
+        ids = []
+        while text:  # the longest piece that starts the text
+            best = max((i for i, piece in enumerate(self.pieces) if text.startswith(piece)), key=self._length)
+            ids.append(best)
+            text = text[len(self.pieces[best]) :]
+        return ids
+
+    def _length(self, i):
+        return len(self.pieces[i])
+
+    def decode(self, ids):
+        ids = self._checked_ids(ids)
+        self.ids_decoded += len(ids)
+        return "".join(self.pieces[i] for i in ids)
+
+    def to_dict(self):
+        return {"type": self.kind, "pieces": self.pieces}
+
+    @classmethod
+    def from_dict(cls, data):
+        return cls(data["pieces"])
+
+
+def cycling_bigram(tokenizer: Tokenizer, text: str) -> BigramLanguageModel:
+    """A bigram model that, greedily, continues every token of ``text`` with the next one (cyclically)."""
     model = BigramLanguageModel(tokenizer.vocab_size)
     ids = tokenizer.encode(text)
+    assert len(set(ids)) == len(ids), "each token of the cycle must have one successor"
     with torch.no_grad():
         model.token_embedding_table.weight.zero_()
         for current, following in zip(ids, ids[1:] + ids[:1]):
@@ -31,15 +78,23 @@ def cycling_bigram(tokenizer: CharTokenizer, text: str) -> BigramLanguageModel:
     return model
 
 
-def reference_generate(model, idx, max_new_tokens, temperature, context_slide, generator):
-    """The textbook sampling loop, written independently, with the same sliding-window rule as generate."""
+def reference_generate(model, idx, max_new_tokens, temperature, context_slide, generator, top_k=None, top_p=None):
+    """The textbook sampling loop, written independently (torch.multinomial, torch.cat), with the same
+    sliding-window rule as generate."""
     window_start = max(0, idx.size(1) - model.block_size)
     for _ in range(max_new_tokens):
         if idx.size(1) - window_start > model.block_size:
             window_start += context_slide
         logits, _ = model(idx[:, window_start:])
-        probs = torch.softmax(logits[:, -1, :] / temperature, dim=-1)
-        idx = torch.cat((idx, torch.multinomial(probs, 1, generator=generator)), dim=1)
+        if temperature == 0:
+            next_token = logits[:, -1, :].argmax(dim=-1, keepdim=True)
+        elif top_k is None and top_p is None:
+            probs = torch.softmax(logits[:, -1, :] / temperature, dim=-1)
+            next_token = torch.multinomial(probs, 1, generator=generator)
+        else:
+            probs = next_token_distribution(logits[:, -1, :], temperature, top_k, top_p)
+            next_token = torch.multinomial(probs, 1, generator=generator)
+        idx = torch.cat((idx, next_token), dim=1)
     return idx
 
 
@@ -275,3 +330,209 @@ def test_unused_probability_is_not_sampled():
     for seed in range(3):
         assert torch.equal(generate(model, prompt, 10, top_k=1, generator=seeded(seed)), greedy)
     assert math.isclose(next_token_distribution(torch.randn(1, 11), top_k=1).max().item(), 1.0)
+
+
+# --- Sampling settings, the cache and multi-character tokens ----------------------------------------------------
+
+
+SAMPLING_SETTINGS = [
+    {"temperature": 1.0},
+    {"temperature": 0.7},
+    {"temperature": 0},
+    {"temperature": 1.0, "top_k": 3},
+    {"temperature": 1.0, "top_p": 0.8},
+    {"temperature": 1.3, "top_k": 5, "top_p": 0.9},
+]
+
+
+@pytest.mark.parametrize("options", SAMPLING_SETTINGS, ids=str)
+def test_every_sampling_setting_draws_the_textbook_tokens_with_and_without_the_cache(options):
+    # the reference draws with torch.multinomial: generate draws the very same tokens for the same seed
+    model = tiny_gpt()
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    expected = reference_generate(model, prompt, 30, context_slide=2, generator=seeded(7), **options)
+    for use_cache in (True, False):
+        out = generate(model, prompt, 30, context_slide=2, use_cache=use_cache, generator=seeded(7), **options)
+        assert torch.equal(out, expected), f"use_cache={use_cache}"
+
+
+def bpe_and_gpt() -> tuple[BPETokenizer, GPT]:
+    """A byte-level BPE whose tokens hold several characters (or half of one: 'é' is two bytes), and an
+    untrained GPT over it, so that samples include broken UTF-8 too."""
+    tokenizer = BPETokenizer().train("café au lait, café noir! Kira: Odo? " * 10, vocab_size=280)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=16))
+    return tokenizer, model
+
+
+@pytest.mark.parametrize("options", SAMPLING_SETTINGS, ids=str)
+def test_multi_character_tokens_give_the_same_text_with_and_without_the_cache(options):
+    tokenizer, model = bpe_and_gpt()
+    texts = [
+        generate_text(model, tokenizer, "café", 60, use_cache=use_cache, generator=seeded(2), **options)
+        for use_cache in (True, False)
+    ]
+    assert texts[0] == texts[1]
+    out = generate(model, torch.tensor([tokenizer.encode("café")]), 60, generator=seeded(2), **options)
+    assert texts[0] == tokenizer.decode(out[0])  # the streamed pieces add up to the decoded tokens
+
+
+def test_generated_tokens_can_be_trained_on():
+    # generation runs in inference mode; what it returns must still work with autograd (feedback.py does)
+    model = tiny_gpt().train()
+    out = generate(model, torch.tensor([[1, 2]]), 6, generator=seeded())
+    _, loss = model(out[:, :-1], out[:, 1:])
+    loss.backward()
+    assert model.lm_head.weight.grad is not None
+
+
+def test_out_of_vocabulary_prompts_are_rejected():
+    model = tiny_gpt()  # vocab_size 11
+    for prompt in (torch.tensor([[1, 11]]), torch.tensor([[-1, 2]])):
+        for use_cache in (True, False):
+            with pytest.raises(ValueError, match=r"Token ids must be in 0\.\.10"):
+                generate(model, prompt, 3, use_cache=use_cache)
+    with pytest.raises(ValueError, match=r"Token ids must be in 0\.\.3"):
+        generate(BigramLanguageModel(4), torch.tensor([[4]]), 3)
+
+
+# --- Stopping at a text, in linear time ---------------------------------------------------------------------------
+
+
+PIECES = ["KI", "RA", ":", " O", "do", "!\n", "\n[", "Ops]", "X"]
+
+
+def test_stop_at_text_straddling_tokens_ends_after_the_token_that_completes_it():
+    tokenizer = PieceTokenizer(PIECES)
+    model = cycling_bigram(tokenizer, "KIRA: Odo!\n")  # KI RA : ␠O do !⏎, then again
+    # "A: O" starts inside "RA" and ends inside " O"; the text ends with the token that completes it
+    assert generate_text(model, tokenizer, "do", 50, temperature=0, stop=stop_at_text(tokenizer, "A: O")) == (
+        "do!\nKIRA: O"
+    )
+    assert generate_text(model, tokenizer, "do", 50, temperature=0, stop=stop_at_text(tokenizer, "!\nK")) == ("do!\nKI")
+    # the same tokens as matching the whole decoded text at every step, the quadratic way
+    whole_text = lambda new_tokens: all("Odo!" in tokenizer.decode(row) for row in new_tokens.tolist())
+    prompt = torch.tensor([tokenizer.encode("KI"), tokenizer.encode("do")])
+    expected = generate(model, prompt, 50, temperature=0, stop=whole_text)
+    assert torch.equal(generate(model, prompt, 50, temperature=0, stop=stop_at_text(tokenizer, "Odo!")), expected)
+
+
+def test_stop_at_text_waits_for_a_character_split_across_tokens():
+    tokenizer = BPETokenizer()  # bytes only: "é" is two tokens
+    model = cycling_bigram(tokenizer, "café!")
+    text = generate_text(model, tokenizer, "c", 50, temperature=0, stop=stop_at_text(tokenizer, "é"))
+    assert text == "café"
+    assert generate_text(model, tokenizer, "c", 50, temperature=0, stop=stop_at_text(tokenizer, "é!c")) == "café!c"
+
+
+def test_a_stop_condition_can_be_used_for_several_calls():
+    tokenizer = PieceTokenizer(PIECES)
+    model = cycling_bigram(tokenizer, "KIRA: Odo!\n")
+    stop = stop_at_text(tokenizer, "Odo")
+    first = generate_text(model, tokenizer, "KI", 50, temperature=0, stop=stop)
+    assert first == "KIRA: Odo"
+    assert generate_text(model, tokenizer, "KI", 50, temperature=0, stop=stop) == first
+
+
+@pytest.mark.parametrize("length", [500, 2000])
+def test_stop_at_text_decodes_each_token_a_bounded_number_of_times(length):
+    tokenizer = PieceTokenizer(PIECES)
+    model = cycling_bigram(tokenizer, "KIRA: Odo!\n")
+    stop = stop_at_text(tokenizer, "never written")
+    out = generate(model, torch.tensor([tokenizer.encode("KI")]), length, temperature=0, stop=stop)
+    assert out.size(1) == length + 1
+    # decoding the whole text at every step would decode length * (length + 1) / 2 ids
+    assert tokenizer.ids_decoded <= 4 * length
+
+
+byte_tokens = st.lists(
+    st.sampled_from([0x61, 0x20, 0xC3, 0xA9, 0xE2, 0x82, 0xAC, 0xF0, 0x9F, 0x80, 0xFF]),
+    max_size=_IncrementalDecoder.max_held_back - 1,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ids=byte_tokens)
+def test_the_incremental_decoder_adds_up_to_the_whole_decode(ids):
+    # any bytes, broken UTF-8 included: the pieces and what is flushed at the end are the decoded text
+    tokenizer = BPETokenizer()
+    decoder = _IncrementalDecoder(tokenizer)
+    pieces = [decoder.add(token_id) for token_id in ids]
+    assert "".join(pieces) + decoder.flush() == tokenizer.decode(ids)
+    if ids and ids[-1] < 0x80:  # a character that is complete is given out at once
+        assert "".join(pieces) == tokenizer.decode(ids)
+
+
+def test_the_incremental_decoder_gives_out_a_long_broken_run():
+    tokenizer = BPETokenizer()
+    decoder = _IncrementalDecoder(tokenizer)
+    pieces = [decoder.add(0xE2) for _ in range(40)]  # 40 starts of a three-byte character, never finished
+    assert "".join(pieces) + decoder.flush() == "\ufffd" * 40 == tokenizer.decode([0xE2] * 40)
+    assert len(pieces[-1]) == 0 and len("".join(pieces)) >= 32  # held back at most max_held_back at a time
+
+
+# --- Streaming ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stop_text", [None, "a", "é"])
+@pytest.mark.parametrize("make", ["char", "bpe"])
+def test_stream_text_adds_up_to_generate_text(make, stop_text):
+    if make == "char":
+        tokenizer = CharTokenizer.from_text("abcdé!\n")
+        model = tiny_gpt(vocab_size=tokenizer.vocab_size)
+    else:
+        tokenizer, model = bpe_and_gpt()
+    options = {"temperature": 0.9, "top_k": 20}
+    pieces = list(stream_text(model, tokenizer, "ab", 80, generator=seeded(4), stop_text=stop_text, **options))
+    stop = None if stop_text is None else stop_at_text(tokenizer, stop_text)
+    expected = generate_text(model, tokenizer, "ab", 80, generator=seeded(4), stop=stop, **options)
+    assert pieces and all(pieces)
+    assert "ab" + "".join(pieces) == expected
+    if stop_text is not None:  # it ends with the token that completes the stop text
+        prompt = tokenizer.encode("ab")
+        out = generate(model, torch.tensor([prompt]), 80, generator=seeded(4), stop=stop, **options)[0].tolist()
+        new = out[len(prompt) :]
+        assert stop_text in tokenizer.decode(new) and stop_text not in tokenizer.decode(new[:-1])
+
+
+def test_stream_text_gives_out_text_before_it_finishes():
+    tokenizer = CharTokenizer.from_text("abcd")
+    model = cycling_bigram(tokenizer, "abcd")
+    stream = stream_text(model, tokenizer, "a", 10**6, temperature=0)
+    assert [next(stream) for _ in range(5)] == ["b", "c", "d", "a", "b"]
+    stream.close()
+
+
+def test_ctrl_c_while_streaming_keeps_the_pieces_and_the_model_mode():
+    tokenizer = CharTokenizer.from_text("abcdefgh")
+    model = tiny_gpt(vocab_size=tokenizer.vocab_size).train()
+    full = generate_text(model, tokenizer, "ab", 40, generator=seeded(3))
+    forward_calls = 0
+
+    def press_ctrl_c(module, inputs, output):
+        nonlocal forward_calls
+        forward_calls += 1
+        if forward_calls == 12:
+            signal.raise_signal(signal.SIGINT)  # a real SIGINT, turned into KeyboardInterrupt by Python
+
+    handle = model.register_forward_hook(press_ctrl_c)
+    pieces = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            for piece in stream_text(model, tokenizer, "ab", 40, generator=seeded(3)):
+                pieces.append(piece)
+    finally:
+        handle.remove()
+    assert len(pieces) == 11  # the twelfth forward pass was interrupted
+    assert full.startswith("ab" + "".join(pieces))
+    assert model.training  # restored
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+
+
+def test_stream_text_rejects_bad_arguments():
+    tokenizer = CharTokenizer.from_text("abc")
+    model = tiny_gpt(vocab_size=tokenizer.vocab_size)
+    for kwargs, message in [({"prompt": ""}, "empty"), ({"stop_text": ""}, "non-empty"), ({"top_p": 2}, "top_p")]:
+        arguments = {"prompt": "ab", **kwargs}
+        with pytest.raises(ValueError, match=message):
+            list(stream_text(model, tokenizer, max_new_tokens=5, **arguments))

@@ -303,3 +303,19 @@ def test_a_tiny_gpt_learns_a_pattern():
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.1
+
+
+def test_out_of_vocabulary_ids_raise_one_clear_error():
+    config = tiny_config()  # vocab_size 17
+    model = seeded_gpt(config).eval()
+    for bad in (torch.tensor([[1, 17]]), torch.tensor([[-1, 2]])):
+        with pytest.raises(ValueError, match=r"Token ids must be in 0\.\.16 .*got ids from -?\d+ to \d+"):
+            model(bad)
+    cache = model.new_kv_cache()
+    model(torch.tensor([[1, 2]]), kv_cache=cache)
+    with pytest.raises(ValueError, match="Token ids must be in"):  # several tokens after cached ones
+        model(torch.tensor([[3, 40]]), kv_cache=cache)
+    with pytest.raises(ValueError, match=r"Token ids must be in 0\.\.8"):
+        BigramLanguageModel(vocab_size=9)(torch.tensor([[9]]))
+    with pytest.raises(ValueError, match="Token ids must be in"):
+        model.attention_maps(torch.tensor([[1, 99]]))
