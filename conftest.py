@@ -37,6 +37,9 @@ _data_dir = None
 
 def pytest_configure(config: pytest.Config) -> None:
     global _mirror_server, _data_dir
+    if config.pluginmanager.hasplugin("nbval") and not (config.option.nbval or config.option.nbval_lax):
+        config.option.nbval_lax = True  # a plain `pytest` runs the notebooks too (pyproject's addopts cannot:
+        config.option.nbval_cell_timeout = 900  # without nbval installed, its flags there would be an error)
     os.environ["DS9_QUICK"] = "1"
     os.environ["MPLBACKEND"] = "agg"
     _data_dir = tempfile.mkdtemp(prefix="ds9-test-data-")

@@ -6,21 +6,151 @@ print a new scene.
 
 A thin layer over the library: parse arguments, call one function, print a short summary whose last line
 is one JSON object (so scripts and tests can read it), and turn known problems into one clear line on
-stderr with a non-zero exit status.
+stderr. Exit status: 0 done, 1 a failure (a download, a bad file, a full disk...), 2 a usage error (bad
+arguments), 130 interrupted with Ctrl-C. ``ds9_utils.distributed`` shares the argument types and the
+error handling defined here.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from .download import DownloadConfig, DownloadError, download_transcripts
-from .settings import download_delay
 
 DEFAULT_PROMPT = "[Quark's]\n"
 SCENE_END = "\n\n"  # scenes are one blank line apart
+MIN_TEMPERATURE = 1e-3  # below this, logits / temperature overflows to inf; use 0 for greedy decoding
+EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+class UsageError(ValueError):
+    """Arguments that cannot work together (e.g. ``--resume`` with no run to resume): exit status 2."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C, with the line that says how to carry on."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line: ``error: ...`` and where to read the usage."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+# ---------------------------------------------------------------------------------------------- argument types
+
+
+def _number(text: str, kind: type) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def whole_number(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = _number(text, int)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+def positive_seconds(text: str) -> float:
+    value = _number(text, float)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
+    return value
+
+
+def temperature(text: str) -> float:
+    value = _number(text, float)
+    if value != 0 and not value >= MIN_TEMPERATURE:
+        raise argparse.ArgumentTypeError(
+            f"must be 0 (always the most likely character) or at least {MIN_TEMPERATURE} (higher is more varied), "
+            f"got {text}"
+        )
+    return value
+
+
+def probability_mass(text: str) -> float:
+    value = _number(text, float)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a probability above 0 and at most 1, got {text}")
+    return value
+
+
+def _first_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_writable_under(path: Path, flag: str) -> None:
+    """Refuse ``path`` when a file stands where a folder must be, or its folder cannot be written."""
+    existing = _first_existing(path.parent)
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{path}: {existing} is a file, not a folder; choose another {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{path}: cannot write in {existing} (permission denied)")
+
+
+def folder(text: str) -> Path:
+    """A folder to keep data in: created when missing, so it only has to be writable."""
+    path = Path(text).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a file, not a folder")
+    _check_writable_under(path / "x", "--data-dir")
+    return path
+
+
+def output_file(text: str) -> Path:
+    """A file to write (a checkpoint): not a folder, and in a folder that can be written."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder; give the path of a file, e.g. {path / 'model.pt'}")
+    _check_writable_under(path.absolute(), "--out")
+    return path
+
+
+def add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=folder, help="data folder (default $DS9_DATA_DIR or data/)")
+
+
+def add_training_arguments(
+    parser: argparse.ArgumentParser, *, out_help: str, out_type: Callable = output_file, out_required: bool = False
+) -> None:
+    """The arguments ``train`` and ``ds9_utils.distributed`` share, with the same checks."""
+    from .presets import PRESETS
+
+    parser.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="model and recipe (default: quick in quick mode, gpu on CUDA, otherwise cpu)",
+    )
+    parser.add_argument("--text", type=Path, help="train on this UTF-8 file, split 90/10, instead of DS9")
+    parser.add_argument("--max-steps", type=whole_number(1), help="stop after this many steps (default: the preset's)")
+    parser.add_argument("--max-seconds", type=positive_seconds, help="stop after this many seconds of training")
+    parser.add_argument("--out", type=out_type, required=out_required, help=out_help)
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    add_data_dir(parser)
+
+
+# ---------------------------------------------------------------------------------------------- the commands
 
 
 def _print_json(summary: dict) -> None:
@@ -28,8 +158,7 @@ def _print_json(summary: dict) -> None:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    delay = download_delay() if args.delay is None else args.delay
-    report = download_transcripts(args.base_url, args.data_dir, DownloadConfig(delay=delay), progress=True)
+    report = download_transcripts(args.base_url, args.data_dir, DownloadConfig(delay=args.delay), progress=True)
     print(
         f"downloaded {len(report.downloaded)} pages, {len(report.cached)} already cached, "
         f"{len(report.failed)} failed, in {report.seconds:.1f} s"
@@ -37,15 +166,14 @@ def cmd_download(args: argparse.Namespace) -> int:
     for failure in report.failed:
         print(f"  failed: {failure['page']}: {failure['reason']}")
     _print_json(report.to_dict())
-    return 1 if report.failed and not (report.downloaded or report.cached) else 0
+    return EXIT_FAILURE if report.failed and not (report.downloaded or report.cached) else 0
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
     from .corpus import build_corpus
-    from .download import pages_dir
+    from .settings import corpus_dir, pages_dir
 
-    data = args.data_dir
-    summary = build_corpus(pages_dir(data), (data / "corpus") if data else None)
+    summary = build_corpus(pages_dir(args.data_dir), corpus_dir(args.data_dir))
     info = summary.to_dict()
     print(f"episodes: {info['episodes']}, characters: {info['characters']:,}, vocabulary: {info['vocab_size']}")
     print("top speakers: " + ", ".join(f"{name} ({count})" for name, count in info["top_speakers"][:10]))
@@ -53,37 +181,51 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
-def _training_data(text_file: Path | None):
+def _training_data(text_file: Path | None, data: Path | None):
     """The DS9 corpus (downloaded and built when missing), or any UTF-8 text file split 90/10."""
     from .course import load_course_data, text_file_data
     from .workspace import ensure_corpus
 
-    return load_course_data(ensure_corpus()) if text_file is None else text_file_data(text_file)
+    return load_course_data(ensure_corpus(data)) if text_file is None else text_file_data(text_file)
 
 
-def _default_checkpoint(text_file: Path | None) -> Path:
-    from .course import checkpoints_dir, course_checkpoint_path
-
-    return course_checkpoint_path() if text_file is None else checkpoints_dir() / f"{text_file.stem}.pt"
+def _resume_command(argv: list[str]) -> str:
+    return shlex.join(["python", "-m", "ds9_utils", *argv, *([] if "--resume" in argv else ["--resume"])])
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .course import train_course_model
+    from .course import course_checkpoint_path, train_course_model
+    from .presets import default_preset
+    from .settings import checkpoints_dir, resolve_device
 
-    out = args.out or _default_checkpoint(args.text)
+    device = resolve_device()  # a bad DS9_DEVICE is reported before anything is downloaded or built
+    preset = args.preset or default_preset(device)
+    if args.out is not None:
+        out = args.out
+    elif args.text is None:
+        out = course_checkpoint_path(preset, args.data_dir)
+    else:
+        out = checkpoints_dir(args.data_dir) / f"{args.text.stem}.pt"
+    if args.resume and not out.is_file():
+        raise UsageError(f"--resume: there is no run to continue at {out}; check --out, or leave out --resume")
     if out.exists() and not args.resume:
-        raise FileExistsError(
-            f"{out} already exists: pass --resume to continue that run, or --out NEW.pt to start another"
+        raise UsageError(f"{out} already exists: pass --resume to continue that run, or --out NEW.pt to start another")
+    data = _training_data(args.text, args.data_dir)
+    try:
+        _, result = train_course_model(
+            data,
+            preset=preset,
+            checkpoint_path=out,
+            resume=args.resume,
+            max_steps=args.max_steps,
+            max_seconds=args.max_seconds,
+            device=device,
         )
-    data = _training_data(args.text)
-    model, result = train_course_model(
-        data,
-        preset=args.preset,
-        checkpoint_path=out,
-        resume=args.resume,
-        max_steps=args.max_steps,
-        max_seconds=args.max_seconds,
-    )
+    except KeyboardInterrupt:
+        if out.is_file():
+            command = _resume_command(args.argv)
+            raise Interrupted(f"interrupted: {out} holds the run so far; continue it with: {command}") from None
+        raise Interrupted("interrupted before the first checkpoint was written; run the same command again") from None
     print(
         f"validation loss {result.val_loss:.4f} nats = {result.val_bpc:.4f} bits per character after "
         f"{result.steps} steps ({result.stop_reason}); checkpoint: {out}"
@@ -109,18 +251,24 @@ def _write_scene(
     top_k: int | None,
     top_p: float | None,
     seed: int,
-) -> str:
+) -> None:
+    """Print the prompt, then the scene as it is written: Ctrl-C keeps everything printed so far."""
     import torch
 
-    from .generate import generate_text, stop_at_text
-    from .train import load_checkpoint
+    from .checkpoints import load_checkpoint
+    from .generate import stream_text
 
     loaded = load_checkpoint(checkpoint)
     if loaded.tokenizer is None:
         raise ValueError(f"{checkpoint} holds no tokenizer, so its tokens cannot be turned into text")
+    try:
+        loaded.tokenizer.encode(prompt)
+    except ValueError as error:
+        raise UsageError(f"--prompt: {error}") from None
     device = next(loaded.model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    return generate_text(
+    print(prompt, end="", flush=True)
+    pieces = stream_text(
         loaded.model,
         loaded.tokenizer,
         prompt,
@@ -129,92 +277,106 @@ def _write_scene(
         top_k=top_k,
         top_p=top_p,
         generator=generator,
-        stop=stop_at_text(loaded.tokenizer, SCENE_END),
+        stop_text=SCENE_END,
     )
+    for piece in pieces:
+        print(piece, end="", flush=True)
+    print(flush=True)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    print(
-        _write_scene(
-            args.checkpoint, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed
+    from .course import find_course_checkpoint
+    from .settings import checkpoints_dir
+
+    checkpoint = args.checkpoint or find_course_checkpoint(args.data_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(
+            f"no course model in {checkpoints_dir(args.data_dir)}: train one with `python -m ds9_utils` "
+            "(or `python -m ds9_utils train`), or pass --checkpoint"
         )
-    )
+    _write_scene(checkpoint, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     return 0
 
 
 def cmd_main_job(args: argparse.Namespace) -> int:
     from .course import course_checkpoint_path, train_course_model
+    from .presets import default_preset
     from .settings import choose_device
-    from .train import default_preset
 
     device = choose_device()
     preset = default_preset(device)
     print(f"DS9 - Let's Build an LLM: the '{preset}' model on {device}. Step 1: the transcripts and the corpus.")
-    data = _training_data(None)
-    print(f"Step 2: training ({data}); an interrupted run resumes where it stopped.")
+    data = _training_data(None, None)
+    print(f"Step 2: training ({data}); an interrupted run resumes where it stopped.", flush=True)
     _, result = train_course_model(data, preset=preset, device=device)
     print(
         f"validation loss {result.val_loss:.3f} nats = {result.val_bpc:.3f} bits per character "
         f"after {result.steps} steps. Step 3: a new scene.\n"
     )
-    print(_write_scene(course_checkpoint_path(), DEFAULT_PROMPT, 800, 0.8, None, None, args.seed))
+    _write_scene(course_checkpoint_path(preset), DEFAULT_PROMPT, 800, 0.8, None, None, args.seed)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ds9_utils", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command")
+    parser = Parser(prog="python -m ds9_utils", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", parser_class=Parser)
+    resume_hint = "interrupted: everything written so far is complete; run the same command again to continue"
 
     down = commands.add_parser("download", help="download the transcripts into the cache")
     down.add_argument("--base-url", help="site root (default $DS9_BASE_URL or http://www.chakoteya.net/)")
-    down.add_argument("--data-dir", type=Path, help="cache folder (default $DS9_DATA_DIR or data/)")
-    down.add_argument("--delay", type=float, help="seconds between requests (default 1)")
+    add_data_dir(down)
+    down.add_argument("--delay", type=float, help="seconds between requests (default $DS9_DOWNLOAD_DELAY or 1)")
     down.set_defaults(run=cmd_download)
 
     corpus = commands.add_parser("corpus", help="parse the cached pages into the training corpus and its split")
-    corpus.add_argument("--data-dir", type=Path, help="cache folder (default $DS9_DATA_DIR or data/)")
+    add_data_dir(corpus)
     corpus.set_defaults(run=cmd_corpus)
 
     train = commands.add_parser("train", help="train a GPT on the DS9 corpus (or any text) and checkpoint it")
-    train.add_argument(
-        "--preset",
-        help="model and recipe: quick, small, cpu or gpu (default: quick in quick mode, gpu on CUDA, otherwise cpu)",
-    )
-    train.add_argument("--text", type=Path, help="train on this UTF-8 file, split 90/10, instead of DS9")
-    train.add_argument("--max-steps", type=int, help="stop after this many steps (default: the preset's)")
-    train.add_argument("--max-seconds", type=float, help="stop after this many seconds of training")
-    train.add_argument("--out", type=Path, help="checkpoint file (default data/checkpoints/course_model.pt)")
-    train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    add_training_arguments(train, out_help="checkpoint file (default: the preset's in <data dir>/checkpoints)")
     train.set_defaults(run=cmd_train)
 
     gen = commands.add_parser("generate", help="write a scene with a trained model")
-    gen.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by train")
+    gen.add_argument("--checkpoint", type=Path, help="a checkpoint written by train (default: the course model)")
+    add_data_dir(gen)
     gen.add_argument("--prompt", default=DEFAULT_PROMPT, help="text to continue (default: a scene heading)")
-    gen.add_argument("--max-new-tokens", type=int, default=800)
-    gen.add_argument("--temperature", type=float, default=0.8, help="0 is greedy; higher is more varied")
-    gen.add_argument("--top-k", type=int, help="sample only from the k most likely characters")
-    gen.add_argument("--top-p", type=float, help="sample only from the smallest set holding this much probability")
+    gen.add_argument("--max-new-tokens", type=whole_number(1), default=800)
+    gen.add_argument("--temperature", type=temperature, default=0.8, help="0 is greedy; higher is more varied")
+    gen.add_argument("--top-k", type=whole_number(1), help="sample only from the k most likely characters")
+    gen.add_argument(
+        "--top-p", type=probability_mass, help="sample only from the smallest set holding this much probability"
+    )
     gen.add_argument("--seed", type=int, default=1337)
-    gen.set_defaults(run=cmd_generate)
-    parser.set_defaults(run=cmd_main_job, seed=1337)
+    gen.set_defaults(run=cmd_generate, on_interrupt="interrupted: the scene so far is printed above")
+    parser.set_defaults(run=cmd_main_job, seed=1337, on_interrupt=resume_hint)
+    for command in (down, corpus, train):
+        command.set_defaults(on_interrupt=resume_hint)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "data_dir", None) is not None:
-        args.data_dir = args.data_dir.expanduser().resolve()
+def run_guarded(command: Callable[[], int], on_interrupt: str) -> int:
+    """Run ``command`` and turn the problems a user can fix into one line on stderr and an exit status."""
     try:
-        return args.run(args)
-    except (DownloadError, FileNotFoundError, FileExistsError, ValueError) as error:
+        return command()
+    except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except (DownloadError, OSError, ValueError) as error:  # OSError: FileWriteError, FileNotFoundError...
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except Interrupted as interrupted:
+        print(f"\n{interrupted}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print(
-            "interrupted: everything written so far is complete; run the same command again to resume", file=sys.stderr
-        )
-        return 130
+        print(f"\n{on_interrupt}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    return run_guarded(lambda: args.run(args), args.on_interrupt)
 
 
 if __name__ == "__main__":

@@ -45,10 +45,10 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .download import pages_dir as default_pages_dir
 from .files import write_atomically
 from .parse import Episode, Line, Scene, decode_page, parse_episode, parse_index
-from .settings import data_dir
+from .settings import corpus_dir as _default_corpus_dir
+from .settings import pages_dir as default_pages_dir
 
 FALLBACK_CHARACTER = "?"
 _OUTSIDE_ALLOWED = re.compile(r"[^\x20-\x7e\n]")  # printable ASCII and the newline are allowed
@@ -201,10 +201,6 @@ class CorpusSummary:
         info["out_dir"] = str(self.out_dir)
         info["top_speakers"] = [[name, count] for name, count in self.top_speakers]
         return info
-
-
-def _default_corpus_dir() -> Path:
-    return data_dir() / "corpus"
 
 
 def _seasons_from_index(folder: Path) -> dict[int, int]:

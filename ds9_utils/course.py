@@ -4,6 +4,10 @@ Notebook 09 trains it with ``train_course_model()`` and saves it to ``course_che
 chapter calls ``load_course_model()``, which loads that checkpoint when it is there and otherwise trains a
 small model itself (and keeps it), so any chapter also runs alone on Kaggle or Colab. The command line's
 main job (``python -m ds9_utils``) goes through the same functions.
+
+Each preset keeps its own file (``course_model.pt`` for the course model, ``course_model-quick.pt`` for the
+quick one...), so a quick run never stands in the way of a full one: resuming only ever continues a run of
+the same model.
 """
 
 from __future__ import annotations
@@ -15,24 +19,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .checkpoints import Checkpoint, load_checkpoint
 from .corpus import load_split
 from .model import GPT
-from .settings import choose_device, data_dir, quick_mode
+from .presets import COURSE_PRESET, course_preset, default_preset, fallback_preset, get_preset
+from .settings import checkpoints_dir, resolve_device
 from .tokenizers import CharTokenizer
-from .train import (
-    PRESETS,
-    Checkpoint,
-    SingleProcess,
-    TrainConfig,
-    TrainResult,
-    default_preset,
-    load_checkpoint,
-    set_seed,
-    train,
-)
+from .train import SingleProcess, TrainConfig, TrainResult, set_seed, train
 
 COURSE_CHECKPOINT = "course_model.pt"
-SMALL_CHECKPOINT = "small_model.pt"
 
 
 @dataclass
@@ -92,25 +87,33 @@ def text_file_data(path: Path, val_fraction: float = 0.1) -> CourseData:
     return text_data(text, val_fraction)
 
 
-def checkpoints_dir() -> Path:
-    return data_dir() / "checkpoints"
+def course_checkpoint_path(preset: str | None = None, data: Path | None = None) -> Path:
+    """Where a preset's course model is kept (default: notebook 09's, ``course_preset()``) in the data folder."""
+    preset = preset or course_preset()
+    name = COURSE_CHECKPOINT if preset == COURSE_PRESET else f"course_model-{get_preset(preset).name}.pt"
+    return checkpoints_dir(data) / name
 
 
-def course_checkpoint_path() -> Path:
-    """Where notebook 09 (and ``python -m ds9_utils``) keep the course model."""
-    return checkpoints_dir() / COURSE_CHECKPOINT
+def find_course_checkpoint(data: Path | None = None, device: str | None = None) -> Path | None:
+    """The course model this machine would use, when one has been trained: notebook 09's, else the main job's."""
+    for preset in dict.fromkeys([course_preset(), default_preset(device)]):
+        if course_checkpoint_path(preset, data).is_file():
+            return course_checkpoint_path(preset, data)
+    return None
 
 
 def run_config(
-    preset: str, max_steps: int | None = None, device: str = "cpu", max_seconds: float | None = None
+    preset: str, max_steps: int | None = None, device: str | None = None, max_seconds: float | None = None
 ) -> TrainConfig:
     """A preset's training recipe for one run, cut to ``max_steps`` or ``max_seconds``: the learning-rate
     schedule still spans the preset's steps, so a short run is the start of the full one and can be resumed."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    recipe = PRESETS[preset].train_config
+    recipe = get_preset(preset).train_config
+    device = resolve_device(device)
     config = replace(
-        recipe, device=device, max_seconds=max_seconds, lr_decay_steps=recipe.lr_decay_steps or recipe.max_steps
+        recipe,
+        device=device,
+        max_seconds=recipe.max_seconds if max_seconds is None else max_seconds,  # a time budget is the schedule
+        lr_decay_steps=recipe.lr_decay_steps or recipe.max_steps,
     )
     return config if max_steps is None else replace(config, max_steps=max_steps)
 
@@ -136,12 +139,12 @@ def train_course_model(
     this call one rank of a data-parallel run (``ds9_utils.distributed``), on the device that rank was given.
     """
     parallel = parallel or SingleProcess()
-    device = getattr(parallel, "device", None) or device or choose_device()
+    device = resolve_device(getattr(parallel, "device", None) or device)
     preset = preset or default_preset(device)
     config = run_config(preset, max_steps, device, max_seconds)
     data = data or load_course_data()
     set_seed(config.seed)
-    model = GPT(PRESETS[preset].gpt_config(data.tokenizer.vocab_size))  # the same weights on every rank
+    model = GPT(get_preset(preset).gpt_config(data.tokenizer.vocab_size))  # the same weights on every rank
     set_seed(config.seed + parallel.rank)  # but each rank its own dropout masks, like its own rows of a batch
     result = train(
         model,
@@ -149,7 +152,7 @@ def train_course_model(
         data.val,
         config,
         tokenizer=data.tokenizer,
-        checkpoint_path=checkpoint_path or course_checkpoint_path(),
+        checkpoint_path=checkpoint_path or course_checkpoint_path(preset),
         resume=resume,
         progress=progress,
         live_plot=live_plot,
@@ -162,16 +165,22 @@ def train_course_model(
 def load_course_model(device: str | None = None, *, progress: bool = True) -> Checkpoint:
     """Notebook 09's model when it has been trained; otherwise a small one, trained now and kept.
 
-    The small one uses the ``quick`` preset in quick mode and the ``small`` preset (a few minutes on a
-    CPU) otherwise; it is saved beside the course model, so the next chapter reuses it.
+    The small one uses ``presets.fallback_preset()`` (the ``quick`` preset in quick mode, the ``small`` one,
+    a few minutes on a CPU, otherwise); it is saved beside the course model, so the next chapter reuses it.
     """
-    device = device or choose_device()
-    path = course_checkpoint_path()
-    if not path.exists():
-        path = checkpoints_dir() / SMALL_CHECKPOINT
-        if not path.exists():
-            print(f"No course model at {course_checkpoint_path()} (notebook 09 trains it): training a small one now.")
-            train_course_model(
-                preset="quick" if quick_mode() else "small", checkpoint_path=path, device=device, progress=progress
+    device = resolve_device(device)
+    path = find_course_checkpoint(device=device)
+    if path is None:
+        preset = fallback_preset()
+        path = course_checkpoint_path(preset)
+        if not path.is_file():
+            from .workspace import display_path
+
+            where = display_path(checkpoints_dir())
+            print(f"No course model in {where} (notebook 09 trains it): training a small one now.")
+            _, result = train_course_model(preset=preset, checkpoint_path=path, device=device, progress=progress)
+            print(
+                f"Trained the {preset!r} preset for {result.steps:,} steps in {result.seconds:.0f} s "
+                f"(validation loss {result.val_loss:.3f}); kept as {display_path(path)}"
             )
     return load_checkpoint(path, device)

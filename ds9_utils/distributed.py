@@ -38,10 +38,12 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from .__main__ import Parser, UsageError, add_training_arguments, folder, run_guarded
 from .course import CourseData, load_course_data, text_file_data, train_course_model
 from .model import GPT
-from .settings import choose_device
-from .train import PRESETS, SingleProcess, TrainResult
+from .presets import default_preset
+from .settings import corpus_dir, resolve_device
+from .train import SingleProcess, TrainResult
 
 CHECKPOINT_NAME = "model.pt"
 LOG_NAME = "log.jsonl"
@@ -104,7 +106,7 @@ def process_group(device: str | None = None) -> Iterator[SingleProcess]:
         return
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    if (device or choose_device()).startswith("cuda"):
+    if resolve_device(device).startswith("cuda"):
         if local_rank >= torch.cuda.device_count():
             raise ValueError(
                 f"LOCAL_RANK {local_rank} has no GPU ({torch.cuda.device_count()} visible): start at "
@@ -128,13 +130,14 @@ def train_preset(
     *,
     parallel: SingleProcess | None = None,
     max_steps: int | None = None,
+    max_seconds: float | None = None,
     resume: bool = False,
     progress: bool = True,
     device: str | None = None,
 ) -> tuple[GPT, TrainResult]:
     """Train a preset's model on ``data`` as one rank of ``parallel`` (or alone), checkpointing to ``out``.
 
-    Rank 0 writes ``out/model.pt`` (the usual checkpoint, loadable with ``train.load_checkpoint``) and
+    Rank 0 writes ``out/model.pt`` (the usual checkpoint, loadable with ``checkpoints.load_checkpoint``) and
     ``out/log.jsonl`` (one line per evaluation); the other ranks write nothing. A rank trains on the device
     ``process_group`` gave it; a single process on ``device`` (default: ``settings.choose_device``).
     """
@@ -155,6 +158,7 @@ def train_preset(
         checkpoint_path=Path(out) / CHECKPOINT_NAME,
         resume=resume,
         max_steps=max_steps,
+        max_seconds=max_seconds,
         device=device,
         progress=progress,
         callback=log,
@@ -162,61 +166,58 @@ def train_preset(
     )
 
 
-def _load_data(text_file: Path | None) -> CourseData:
+def _load_data(text_file: Path | None, data: Path | None = None) -> CourseData:
     """Every rank reads the data itself; the corpus must already be built (`python -m ds9_utils corpus`), so
     that the ranks never download or build it at the same time."""
-    return load_course_data() if text_file is None else text_file_data(text_file)
+    return load_course_data(corpus_dir(data)) if text_file is None else text_file_data(text_file)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The ``train`` command's arguments (``ds9_utils.__main__``), with ``--out`` a folder and ``--device``."""
+    parser = Parser(
         prog="torchrun --nproc_per_node N -m ds9_utils.distributed",
         description="Train a preset's GPT with DistributedDataParallel, one process per rank.",
     )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    parser.add_argument("--max-steps", type=int, help="stop after this many steps (default: the preset's)")
-    parser.add_argument("--out", type=Path, required=True, help="folder for model.pt and log.jsonl (rank 0)")
-    parser.add_argument("--text", type=Path, help="train on this UTF-8 file, split 90/10, instead of the DS9 corpus")
-    parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    add_training_arguments(
+        parser, out_help="folder for model.pt and log.jsonl (written by rank 0)", out_type=folder, out_required=True
+    )
     parser.add_argument("--device", help="cpu or cuda (default: settings.choose_device)")
     return parser
 
 
+def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device, source="--device")
+    checkpoint = args.out / CHECKPOINT_NAME
+    if checkpoint.exists() and not args.resume:
+        raise UsageError(f"{checkpoint} already exists: pass --resume to continue that run, or another --out")
+    if args.resume and not checkpoint.is_file():
+        raise UsageError(f"--resume: there is no run to continue at {checkpoint}; check --out, or leave out --resume")
+    data = _load_data(args.text, args.data_dir)
+    with process_group(device) as parallel:
+        _, result = train_preset(
+            data,
+            args.preset or default_preset(device),
+            args.out,
+            parallel=parallel,
+            max_steps=args.max_steps,
+            max_seconds=args.max_seconds,
+            resume=args.resume,
+            device=device,
+        )
+        if parallel.is_main:
+            summary = {key: value for key, value in result.to_dict().items() if key != "history"}
+            backend = dist.get_backend() if dist.is_initialized() else None
+            print(
+                json.dumps(
+                    {"world_size": parallel.world_size, "backend": backend, **summary, "checkpoint": str(checkpoint)}
+                )
+            )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if (args.out / CHECKPOINT_NAME).exists() and not args.resume:
-            raise FileExistsError(
-                f"{args.out / CHECKPOINT_NAME} already exists: pass --resume to continue that run, or another --out"
-            )
-        data = _load_data(args.text)
-        with process_group(args.device) as parallel:
-            _, result = train_preset(
-                data,
-                args.preset,
-                args.out,
-                parallel=parallel,
-                max_steps=args.max_steps,
-                resume=args.resume,
-                device=args.device,
-            )
-            if parallel.is_main:
-                summary = {key: value for key, value in result.to_dict().items() if key != "history"}
-                backend = dist.get_backend() if dist.is_initialized() else None
-                print(
-                    json.dumps(
-                        {
-                            "world_size": parallel.world_size,
-                            "backend": backend,
-                            **summary,
-                            "checkpoint": str(args.out / CHECKPOINT_NAME),
-                        }
-                    )
-                )
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_guarded(lambda: run(args), "interrupted: run the same command with --resume to continue")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from . import __version__, settings
 from .files import write_atomically
 from .parse import decode_page, parse_episode, parse_index
+from .settings import pages_dir  # the data folder's layout is decided in settings
 
 USER_AGENT = f"ds9-lets-build-an-llm/{__version__} (educational course; polite single-threaded downloader)"
 INDEX_PAGE = "episodes.htm"
@@ -104,11 +105,6 @@ class DownloadReport:
             "failed": self.failed,
             "seconds": round(self.seconds, 2),
         }
-
-
-def pages_dir(data_dir: Path | None = None) -> Path:
-    """The folder that mirrors the site's ``DS9/`` pages inside the data folder."""
-    return Path(data_dir or settings.data_dir()) / "chakoteya" / "DS9"
 
 
 def cache_path(folder: Path, page: str) -> Path:

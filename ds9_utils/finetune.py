@@ -37,7 +37,7 @@ from .corpus import SPLIT_NAMES, load_episodes, normalise_characters, render_lin
 from .files import load_torch, save_torch
 from .model import GPT
 from .parse import Episode
-from .settings import data_dir
+from .settings import corpus_dir as default_corpus_dir
 
 ADAPTER_FORMAT = "ds9_utils-lora-adapter"
 ADAPTER_VERSION = 1
@@ -70,7 +70,7 @@ def character_split(speaker: str, corpus_dir: Path | None = None) -> dict[str, s
 
     Raises a clear error when the character has no lines in the training or the validation episodes.
     """
-    corpus_dir = Path(corpus_dir) if corpus_dir is not None else data_dir() / "corpus"
+    corpus_dir = Path(corpus_dir) if corpus_dir is not None else default_corpus_dir()
     episodes = load_episodes(corpus_dir)
     split = json.loads((corpus_dir / "split.json").read_text(encoding="utf-8"))
     by_number = {episode.number: episode for episode in episodes}

@@ -86,15 +86,69 @@ def quick_mode() -> bool:
     return value in on
 
 
-def choose_device() -> str:
-    """The best available device: cuda, then Apple's mps, then the cpu. ``DS9_DEVICE`` overrides it."""
+def _mps_available() -> bool:
     import torch
 
-    forced = os.environ.get("DS9_DEVICE")
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def choose_device() -> str:
+    """The best available device: cuda, then Apple's mps, then the cpu. ``DS9_DEVICE`` overrides it (checked)."""
+    import torch
+
+    forced = os.environ.get("DS9_DEVICE", "").strip()
     if forced:
-        return forced
+        return resolve_device(forced, source="DS9_DEVICE")
     if torch.cuda.is_available():
         return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    if _mps_available():
         return "mps"
     return "cpu"
+
+
+def resolve_device(requested: str | None = None, *, source: str = "device") -> str:
+    """``requested`` checked against this machine (``None``: ``choose_device()``), as torch spells it.
+
+    A device torch does not know, or one this machine lacks (``cuda`` without a GPU, ``cuda:3`` with one
+    GPU), is one clear line naming ``source`` (the setting it came from) instead of an error deep inside
+    torch, which for a checkpoint would read as if the file were broken.
+    """
+    import torch
+
+    if requested is None or not str(requested).strip():
+        return choose_device()
+    requested = str(requested).strip()
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is not None and device.type == "cpu":
+        return "cpu"
+    if device is not None and device.type == "cuda" and torch.cuda.is_available():
+        if device.index is None or device.index < torch.cuda.device_count():
+            return str(device)
+    if device is not None and device.type == "mps" and _mps_available() and not device.index:
+        return "mps"
+    have = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())] + (["mps"] if _mps_available() else [])
+    raise ValueError(
+        f"{source}={requested} is not a device this machine has: use cpu (or cuda / mps where available); "
+        f"this machine has {', '.join(have)}"
+    )
+
+
+# The data folder's layout, decided here once: every module and command builds its paths with these.
+
+
+def pages_dir(data: Path | None = None) -> Path:
+    """The downloaded pages, in the site's own layout: ``<data>/chakoteya/DS9``."""
+    return Path(data or data_dir()) / "chakoteya" / "DS9"
+
+
+def corpus_dir(data: Path | None = None) -> Path:
+    """The corpus built from the pages (text, splits, episodes): ``<data>/corpus``."""
+    return Path(data or data_dir()) / "corpus"
+
+
+def checkpoints_dir(data: Path | None = None) -> Path:
+    """Trained models: ``<data>/checkpoints``."""
+    return Path(data or data_dir()) / "checkpoints"

@@ -1,13 +1,13 @@
-"""Training: random batches, the learning-rate schedule, the loop, evaluation, checkpoints and presets.
+"""Training: random batches, the learning-rate schedule, the loop and evaluation.
 
 The loop is nanoGPT's: sample a batch of random windows, forward, backward, clip the gradient, AdamW step,
 and every ``eval_interval`` steps measure the loss on held-out text. Losses are reported in nats (what
 cross-entropy computes) and in bits per character (``nats / ln 2``, the number used to compare compressors
 and language models; for a character tokenizer a token *is* a character).
 
-A checkpoint holds everything needed to continue a run exactly where it stopped: weights, optimizer
-moments, the step, the history and every random-number state. Training N steps, stopping and resuming to
-2N gives bit-for-bit the weights of training 2N steps straight.
+A checkpoint (``ds9_utils.checkpoints``) holds everything needed to continue a run exactly where it
+stopped, so training N steps, stopping and resuming to 2N gives bit-for-bit the weights of training 2N
+steps straight. The presets that name a model and its recipe live in ``ds9_utils.presets``.
 
 The same loop also runs as one of several processes that train together (data parallelism): it asks a
 ``SingleProcess`` object, which does nothing here, and ``ds9_utils.distributed.DataParallel`` replaces it
@@ -21,7 +21,7 @@ import io
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +29,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import tokenizers
-from .files import write_atomically
-from .model import GPT, GPTConfig
-from .settings import choose_device, quick_mode
-
-CHECKPOINT_FORMAT = "ds9_utils-checkpoint"
-CHECKPOINT_VERSION = 1
-TRAIN_HINT = "train one first with `python -m ds9_utils train`"
+from .checkpoints import read_resumable_checkpoint, restore_rng_states, save_checkpoint
+from .model import GPT
+from .settings import resolve_device
 
 
 @dataclass
@@ -58,7 +53,7 @@ class TrainConfig:
     eval_iters: int = 20
     seed: int = 1337
     log_interval: int = 10
-    device: str | None = None  # None: settings.choose_device()
+    device: str | None = None  # None: settings.choose_device(); checked by settings.resolve_device
     autocast: bool = True  # bfloat16 autocast on cuda; cpu and mps always train in float32
 
     def __post_init__(self) -> None:
@@ -73,89 +68,6 @@ class TrainConfig:
             )
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise ValueError(f"TrainConfig.max_seconds must be positive or None, got {self.max_seconds}")
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A named model size and training recipe that fit a given machine."""
-
-    name: str
-    description: str
-    model_kwargs: dict[str, Any]  # GPTConfig arguments except vocab_size, which comes from the tokenizer
-    train_config: TrainConfig
-
-    def gpt_config(self, vocab_size: int) -> GPTConfig:
-        return GPTConfig(vocab_size=vocab_size, **self.model_kwargs)
-
-
-PRESETS: dict[str, Preset] = {
-    "quick": Preset(
-        name="quick",
-        description="a toy model that trains in a few seconds: for tests and DS9_QUICK=1 runs",
-        model_kwargs=dict(block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0),
-        train_config=TrainConfig(
-            batch_size=16,
-            max_steps=200,
-            learning_rate=3e-3,
-            min_lr=3e-4,
-            warmup_steps=20,
-            eval_interval=50,
-            eval_iters=10,
-            log_interval=10,
-        ),
-    ),
-    "small": Preset(
-        name="small",
-        description="the cpu model's shape trained for a few minutes: what a chapter trains when notebook 09's "
-        "model is missing",
-        model_kwargs=dict(block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
-        train_config=TrainConfig(
-            batch_size=32,
-            max_steps=600,
-            learning_rate=2e-3,
-            min_lr=2e-4,
-            warmup_steps=50,
-            eval_interval=100,
-            eval_iters=20,
-        ),
-    ),
-    "cpu": Preset(
-        name="cpu",
-        description="the course model: a good small model in about 20-30 minutes on a 2-core laptop CPU",
-        model_kwargs=dict(block_size=128, n_layer=4, n_head=4, n_embd=192, dropout=0.0),
-        train_config=TrainConfig(
-            batch_size=32,
-            max_steps=4000,
-            learning_rate=2e-3,
-            min_lr=2e-4,
-            warmup_steps=100,
-            eval_interval=250,
-            eval_iters=40,
-        ),
-    ),
-    "gpu": Preset(
-        name="gpu",
-        description="nanoGPT's shakespeare-char model: 6 layers, 384 wide, a few minutes on a modern GPU",
-        model_kwargs=dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
-        train_config=TrainConfig(
-            batch_size=64,
-            max_steps=5000,
-            learning_rate=1e-3,
-            min_lr=1e-4,
-            warmup_steps=100,
-            eval_interval=250,
-            eval_iters=200,
-        ),
-    ),
-}
-
-
-def default_preset(device: str | None = None) -> str:
-    """The preset that suits this run: "quick" in quick mode, "gpu" on cuda, otherwise "cpu"."""
-    if quick_mode():
-        return "quick"
-    device = device or choose_device()
-    return "gpu" if device.startswith("cuda") else "cpu"
 
 
 class SingleProcess:
@@ -336,124 +248,6 @@ class TrainResult:
         return asdict(self)
 
 
-# ---------------------------------------------------------------------------------------------- checkpoints
-
-
-@dataclass
-class Checkpoint:
-    """A loaded checkpoint: the rebuilt model (in eval mode) and what trained it."""
-
-    model: GPT
-    tokenizer: Any  # a tokenizer rebuilt with from_dict, or None when none was saved
-    step: int
-    history: dict[str, list]
-    best_val_loss: float
-    model_config: GPTConfig
-    train_config: TrainConfig
-    raw: dict[str, Any]  # everything in the file, e.g. raw["optimizer"] to continue training
-
-
-def _rng_states(generator: torch.Generator | None) -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "batches": generator.get_state() if generator is not None else None,
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _restore_rng_states(states: dict[str, Any], generator: torch.Generator) -> None:
-    torch.set_rng_state(states["torch"].cpu())
-    if states["batches"] is not None:
-        generator.set_state(states["batches"].cpu())
-    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
-
-
-def save_checkpoint(
-    path: str | Path,
-    *,
-    model: GPT,
-    optimizer: torch.optim.Optimizer | None,
-    train_config: TrainConfig,
-    step: int,
-    history: dict[str, list],
-    best_val_loss: float = float("inf"),
-    tokenizer: Any = None,
-    generator: torch.Generator | None = None,
-) -> Path:
-    """Write a checkpoint atomically: to a temporary file in the same folder, then renamed over ``path``.
-
-    A crash or Ctrl-C in the middle leaves the previous checkpoint untouched. Only tensors and plain
-    Python values are stored, so the file loads with ``torch.load(..., weights_only=True)``.
-    """
-    path = Path(path)
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "model": model.state_dict(),
-        "model_config": asdict(model.config),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "train_config": asdict(train_config),
-        "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
-        "tokenizer_class": type(tokenizer).__name__ if tokenizer is not None else None,
-        "step": step,
-        "history": history,
-        "best_val_loss": best_val_loss,
-        "rng": _rng_states(generator),
-    }
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    write_atomically(path, buffer.getvalue())
-    return path
-
-
-def _read_checkpoint(path: str | Path, map_location: str | torch.device) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}: {TRAIN_HINT}, or pass the path of an existing one")
-    try:
-        raw = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises several types for a file that is not one of its archives
-        raise ValueError(
-            f"{path} is not a readable checkpoint ({type(error).__name__}): it may be truncated "
-            f"or another kind of file; delete it and {TRAIN_HINT}"
-        ) from error
-    if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is a torch file but not a ds9_utils checkpoint: {TRAIN_HINT}")
-    return raw
-
-
-def _tokenizer_from_dict(class_name: str | None, data: dict | None) -> Any:
-    if data is None:
-        return None
-    tokenizer_class = getattr(tokenizers, class_name or "CharTokenizer", None)
-    if tokenizer_class is None:
-        raise ValueError(f"the checkpoint's tokenizer class {class_name!r} is not in ds9_utils.tokenizers")
-    return tokenizer_class.from_dict(data)
-
-
-def load_checkpoint(path: str | Path, device: str | None = None) -> Checkpoint:
-    """Load a checkpoint written by ``train``: the model rebuilt from its config, on ``device``, in eval mode."""
-    device = device or choose_device()
-    raw = _read_checkpoint(path, map_location=device)
-    model_config = GPTConfig(**raw["model_config"])
-    model = GPT(model_config)
-    model.load_state_dict(raw["model"])
-    model.to(device).eval()
-    return Checkpoint(
-        model=model,
-        tokenizer=_tokenizer_from_dict(raw["tokenizer_class"], raw["tokenizer"]),
-        step=raw["step"],
-        history=raw["history"],
-        best_val_loss=raw["best_val_loss"],
-        model_config=model_config,
-        train_config=TrainConfig(
-            **{f.name: raw["train_config"][f.name] for f in fields(TrainConfig) if f.name in raw["train_config"]}
-        ),
-        raw=raw,
-    )
-
-
 # ---------------------------------------------------------------------------------------------- live plot
 
 
@@ -546,7 +340,7 @@ def train(
             f"batch_size {cfg.batch_size} cannot be split evenly between {parallel.world_size} "
             "processes: make it a multiple of the number of processes"
         )
-    device = cfg.device or choose_device()
+    device = resolve_device(cfg.device)
     train_data = _as_token_tensor(train_data, "train_data")
     val_data = _as_token_tensor(val_data, "val_data")
     block_size = model.config.block_size
@@ -557,22 +351,11 @@ def train(
     step, history, best_val_loss = 0, new_history(), float("inf")
 
     if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
-        saved = _read_checkpoint(checkpoint_path, map_location="cpu")
-        if saved["model_config"] != asdict(model.config):
-            raise ValueError(
-                f"the checkpoint at {checkpoint_path} is for a different model "
-                f"({saved['model_config']}); build the model from that config, "
-                "or pass resume=False to start afresh"
-            )
-        if saved["optimizer"] is None:
-            raise ValueError(
-                f"the checkpoint at {checkpoint_path} holds no optimizer state, so training cannot "
-                "continue exactly; pass resume=False to start afresh"
-            )
+        saved = read_resumable_checkpoint(checkpoint_path, model, tokenizer)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         step, history, best_val_loss = saved["step"], saved["history"], saved["best_val_loss"]
-        _restore_rng_states(saved["rng"], generator)
+        restore_rng_states(saved["rng"], generator)
 
     network = parallel.wrap(model)  # what the training step calls; evaluation uses the model itself
     rows = parallel.rows(cfg.batch_size)

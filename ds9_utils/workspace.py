@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .download import DownloadConfig, DownloadError, download_transcripts, pages_dir
-from .settings import PROJECT_ROOT, base_url, choose_device, data_dir, quick_mode
+from .download import DownloadConfig, DownloadError, download_transcripts
+from .settings import PROJECT_ROOT, base_url, choose_device, data_dir, pages_dir, quick_mode
+from .settings import corpus_dir as corpus_dir_of
 
 CORPUS_FILES = ("corpus.txt", "train.txt", "val.txt", "test.txt", "split.json", "episodes.jsonl")
 
@@ -82,7 +83,7 @@ def _prepare_corpus(data: Path, progress: bool) -> tuple[Path, str]:
     that says what was done and how long it took."""
     from .corpus import build_corpus
 
-    corpus_dir = data / "corpus"
+    corpus_dir = corpus_dir_of(data)
     if corpus_is_built(corpus_dir):
         return corpus_dir, f"found in {display_path(corpus_dir)} (cached)"
     site = base_url()

@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ds9_utils.checkpoints import load_checkpoint, save_checkpoint
 from ds9_utils.model import GPT, GPTConfig
 from ds9_utils.tokenizers import (
     GPT2_SPLIT_PATTERN,
@@ -19,7 +20,7 @@ from ds9_utils.tokenizers import (
     merge_pair,
     textbook_bpe_merges,
 )
-from ds9_utils.train import TrainConfig, load_checkpoint, save_checkpoint
+from ds9_utils.train import TrainConfig
 
 SCENE = """[Ops]
 SISKO: Old man, it's good to see you. Constable, we'll need three hundred and 47 runabouts.

@@ -36,9 +36,10 @@ def last_json_line(result: subprocess.CompletedProcess) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def one_line_error(result: subprocess.CompletedProcess) -> str:
-    """The single line a failed command prints on stderr (the progress bar aside)."""
-    assert result.returncode != 0
+def one_line_error(result: subprocess.CompletedProcess, status: int = 1) -> str:
+    """The single line a failed command prints on stderr (the progress bar aside): status 1 for a failure,
+    2 for a usage error."""
+    assert result.returncode == status, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr
@@ -97,3 +98,17 @@ def test_corpus_without_pages_says_to_download_first(tmp_path):
     error = one_line_error(run_cli("corpus", "--data-dir", str(tmp_path / "D")))
     assert "no transcript pages" in error and "python -m ds9_utils download" in error
     assert not (tmp_path / "D" / "corpus").exists()
+
+
+def test_usage_errors_exit_2_with_one_line_and_failures_exit_1(tmp_path):
+    unknown = one_line_error(run_cli("download", "--retries", "3"), status=2)
+    assert "unrecognized arguments: --retries 3" in unknown and "--help" in unknown
+    command = one_line_error(run_cli("fetch"), status=2)
+    assert "invalid choice: 'fetch'" in command
+    a_file = tmp_path / "data.txt"
+    a_file.write_text("not a folder")
+    for name in ("download", "corpus"):
+        error = one_line_error(run_cli(name, "--data-dir", str(a_file)), status=2)
+        assert "argument --data-dir" in error and "is a file, not a folder" in error
+    failure = one_line_error(run_cli("corpus", "--data-dir", str(tmp_path / "empty")), status=1)
+    assert "no transcript pages" in failure

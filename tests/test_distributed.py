@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from ds9_utils.checkpoints import load_checkpoint
 from ds9_utils.course import run_config, text_data
 from ds9_utils.distributed import CHECKPOINT_NAME, LOG_NAME, DataParallel, main, train_preset
 from ds9_utils.model import GPT
-from ds9_utils.train import PRESETS, SingleProcess, get_batch, load_checkpoint, set_seed, train
+from ds9_utils.presets import PRESETS
+from ds9_utils.train import SingleProcess, get_batch, set_seed, train
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TEXT = "".join(
@@ -76,6 +78,19 @@ def test_cli_refuses_to_overwrite_a_run_without_resume(tmp_path: Path, text_file
     (tmp_path / CHECKPOINT_NAME).write_bytes(b"an earlier run")
     assert main(["--out", str(tmp_path), "--text", str(text_file), "--max-steps", "1"]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_cli_shares_the_train_commands_checks_and_error_lines(tmp_path: Path, text_file: Path, capsys):
+    """The same argument types and one-line errors as ``python -m ds9_utils train`` (one builder, one handler)."""
+    with pytest.raises(SystemExit) as usage:
+        main(["--out", str(tmp_path), "--text", str(text_file), "--max-steps", "-3"])
+    assert usage.value.code == 2
+    assert capsys.readouterr().err.startswith("error: argument --max-steps: must be a whole number >= 1")
+    assert main(["--out", str(tmp_path / "typo"), "--text", str(text_file), "--resume"]) == 2
+    assert "--resume: there is no run to continue" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "run"), "--text", str(text_file), "--device", "banana"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: --device=banana is not a device this machine has") and error.count("\n") == 1
 
 
 def test_two_ranks_with_gloo_train_the_model_one_process_trains_on_the_same_global_batch(

@@ -12,21 +12,18 @@ from dataclasses import replace
 import pytest
 import torch
 
+from ds9_utils.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from ds9_utils.model import GPT, GPTConfig
+from ds9_utils.presets import PRESETS, default_preset
 from ds9_utils.tokenizers import CharTokenizer
 from ds9_utils.train import (
-    PRESETS,
-    Checkpoint,
     SingleProcess,
     TrainConfig,
     _loss_curve_png,
     configure_optimizer,
-    default_preset,
     estimate_loss,
     get_batch,
-    load_checkpoint,
     lr_at,
-    save_checkpoint,
     set_seed,
     train,
 )

@@ -1,0 +1,118 @@
+"""The presets: named model sizes and training recipes, and the one place that picks a default.
+
+A preset is a model shape (``GPTConfig`` arguments) and a recipe (``TrainConfig``) that fit a kind of machine.
+The command line, the course model (``ds9_utils.course``), the notebooks and the data-parallel runs all take
+their defaults from here, so "which model does this machine train?" has one answer. A new preset is one
+entry in ``PRESETS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .model import GPTConfig
+from .settings import choose_device, quick_mode
+from .train import TrainConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named model size and training recipe that fit a given machine."""
+
+    name: str
+    description: str
+    model_kwargs: dict[str, Any]  # GPTConfig arguments except vocab_size, which comes from the tokenizer
+    train_config: TrainConfig
+
+    def gpt_config(self, vocab_size: int) -> GPTConfig:
+        return GPTConfig(vocab_size=vocab_size, **self.model_kwargs)
+
+
+PRESETS: dict[str, Preset] = {
+    "quick": Preset(
+        name="quick",
+        description="a toy model that trains in a few seconds: for tests and DS9_QUICK=1 runs",
+        model_kwargs=dict(block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0),
+        train_config=TrainConfig(
+            batch_size=16,
+            max_steps=200,
+            learning_rate=3e-3,
+            min_lr=3e-4,
+            warmup_steps=20,
+            eval_interval=50,
+            eval_iters=10,
+            log_interval=10,
+        ),
+    ),
+    "small": Preset(
+        name="small",
+        description="the cpu model's shape trained for a few minutes: what a chapter trains when notebook 09's "
+        "model is missing",
+        model_kwargs=dict(block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
+        train_config=TrainConfig(
+            batch_size=32,
+            max_steps=600,
+            learning_rate=2e-3,
+            min_lr=2e-4,
+            warmup_steps=50,
+            eval_interval=100,
+            eval_iters=20,
+        ),
+    ),
+    "cpu": Preset(
+        name="cpu",
+        description="the course model: a good small model in under 10 minutes on a 2-core laptop CPU",
+        model_kwargs=dict(block_size=128, n_layer=4, n_head=4, n_embd=192, dropout=0.0),
+        train_config=TrainConfig(
+            batch_size=32,
+            max_steps=1_000_000,  # only a cap: the time budget decides, and anneals the rate when it is spent
+            max_seconds=570.0,  # 9.5 minutes of training, so the main job is done in 10 on a 2-core CPU
+            learning_rate=2e-3,
+            min_lr=2e-4,
+            warmup_steps=100,
+            eval_interval=500,  # every evaluation is time not spent training: 2 x 20 batches every 500 steps
+            eval_iters=20,
+        ),
+    ),
+    "gpu": Preset(
+        name="gpu",
+        description="nanoGPT's shakespeare-char model: 6 layers, 384 wide, a few minutes on a modern GPU",
+        model_kwargs=dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
+        train_config=TrainConfig(
+            batch_size=64,
+            max_steps=5000,
+            learning_rate=1e-3,
+            min_lr=1e-4,
+            warmup_steps=100,
+            eval_interval=250,
+            eval_iters=200,
+        ),
+    ),
+}
+
+COURSE_PRESET = "cpu"  # the course model of notebook 09 and the README
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``, or one clear line that lists the others."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def default_preset(device: str | None = None) -> str:
+    """The preset that suits this run: "quick" in quick mode, "gpu" on cuda, otherwise "cpu"."""
+    if quick_mode():
+        return "quick"
+    return "gpu" if (device or choose_device()).startswith("cuda") else COURSE_PRESET
+
+
+def course_preset() -> str:
+    """The course model's preset, the one notebook 09 trains: "quick" in quick mode, otherwise "cpu"."""
+    return "quick" if quick_mode() else COURSE_PRESET
+
+
+def fallback_preset() -> str:
+    """What a chapter trains when notebook 09's model is missing: "quick" in quick mode, otherwise "small"."""
+    return "quick" if quick_mode() else "small"
