@@ -7,13 +7,23 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import replace
 
 import pytest
 import torch
 
+import ds9_utils.train as training
 from ds9_utils.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from ds9_utils.model import GPT, GPTConfig
+from ds9_utils.precision import (
+    autocast,
+    choose_precision,
+    cpu_has_native_bf16,
+    device_precision,
+    grad_scaler,
+    should_compile,
+)
 from ds9_utils.presets import PRESETS, default_preset
 from ds9_utils.tokenizers import CharTokenizer
 from ds9_utils.train import (
@@ -55,6 +65,11 @@ def tiny_config(**changes) -> TrainConfig:
     )
     settings.update(changes)
     return TrainConfig(**settings)
+
+
+def without_clock(history: dict) -> dict:
+    """A history without its clock readings ("seconds"), which differ between any two runs."""
+    return {name: values for name, values in history.items() if name != "seconds"}
 
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -159,7 +174,7 @@ def test_loss_decreases_on_a_learnable_sequence():
     json.dumps(result.to_dict())  # plain values only
 
 
-def test_max_seconds_stops_training_early():
+def test_max_seconds_stops_training_early(steady_clock):
     cfg = tiny_config(max_steps=1_000_000, lr_decay_steps=None, max_seconds=2.0, eval_interval=100_000)
     result = train(tiny_model(), TRAIN_DATA, VAL_DATA, cfg, progress=False, live_plot=True)
     assert result.stop_reason == "max_seconds"
@@ -303,7 +318,7 @@ def test_resume_gives_exactly_the_weights_of_a_straight_run(tmp_path, straight_r
     )
     assert result.steps == 12
     assert_same_weights(straight_model, resumed_model)
-    assert result.history == straight_result.history
+    assert without_clock(result.history) == without_clock(straight_result.history)
 
 
 def test_interrupted_run_keeps_its_checkpoint_and_resumes_exactly(tmp_path, straight_run):
@@ -341,3 +356,145 @@ def test_resume_without_a_checkpoint_starts_fresh_and_rejects_another_model(tmp_
     wider = GPT(GPTConfig(vocab_size=TOKENIZER.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=32))
     with pytest.raises(ValueError, match="different model"):
         train(wider, TRAIN_DATA, VAL_DATA, tiny_config(), checkpoint_path=path, resume=True, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------- time budget
+
+
+def test_time_budget_schedule_warms_up_in_steps_and_decays_over_the_seconds():
+    cfg = TrainConfig(max_steps=10**9, max_seconds=100.0, warmup_steps=10, learning_rate=1e-3, min_lr=1e-4)
+    warmup = [lr_at(step, cfg, elapsed=1.0) for step in range(10)]
+    assert all(b > a for a, b in zip(warmup, warmup[1:])) and warmup[-1] == pytest.approx(cfg.learning_rate)
+    assert lr_at(10, cfg, elapsed=0.0) == pytest.approx(cfg.learning_rate)
+    assert lr_at(10, cfg, elapsed=50.0) == pytest.approx((cfg.learning_rate + cfg.min_lr) / 2)
+    assert lr_at(20, cfg, elapsed=30.0) == lr_at(20_000, cfg, elapsed=30.0), "after warm-up only time counts"
+    decay = [lr_at(50, cfg, elapsed=float(t)) for t in range(101)]
+    assert all(b < a for a, b in zip(decay, decay[1:])) and decay[-1] == pytest.approx(cfg.min_lr)
+    assert lr_at(50, cfg, elapsed=150.0) == cfg.min_lr, "past the budget the rate stays at its floor"
+
+
+class SteadyClock:
+    """A clock that moves on 0.1 s each time it is read: a time budget becomes the same steps on any machine."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 0.1
+        return self.now
+
+
+@pytest.fixture
+def steady_clock(monkeypatch):
+    monkeypatch.setattr(training, "clock", SteadyClock())
+
+
+def test_time_budget_run_ends_annealed_when_time_is_up(steady_clock):
+    cfg = tiny_config(max_steps=10**9, max_seconds=3.0, warmup_steps=2, eval_interval=5, lr_decay_steps=None)
+    result = train(tiny_model(), TRAIN_DATA, VAL_DATA, cfg, progress=False)
+    history = result.history
+    assert result.stop_reason == "max_seconds" and result.steps > 10
+    assert len(history["seconds"]) == len(history["steps"]) >= 3
+    assert all(b > a for a, b in zip(history["seconds"], history["seconds"][1:]))
+    assert history["seconds"][-1] >= cfg.max_seconds and history["seconds"][-2] < cfg.max_seconds
+    assert history["lr"][-1] == cfg.min_lr, "the last evaluation sees the rate at its floor"
+    middle = history["lr"][1:-1]
+    assert middle and all(cfg.min_lr < lr < cfg.learning_rate for lr in middle)
+    assert all(b < a for a, b in zip(middle, middle[1:])), "the rate falls as the seconds pass"
+
+
+def test_interrupted_time_budget_run_resumes_its_schedule(tmp_path, steady_clock):
+    path = tmp_path / "ckpt.pt"
+    cfg = tiny_config(max_steps=10**9, max_seconds=4.0, warmup_steps=2, eval_interval=5, lr_decay_steps=None)
+
+    def interrupt_after_a_second(step, metrics):
+        if step > 0 and load_checkpoint(path, device="cpu").history["seconds"][-1] >= 1.0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            tiny_model(),
+            TRAIN_DATA,
+            VAL_DATA,
+            cfg,
+            checkpoint_path=path,
+            progress=False,
+            callback=interrupt_after_a_second,
+        )
+    saved = load_checkpoint(path, device="cpu").history
+    assert 1.0 <= saved["seconds"][-1] < cfg.max_seconds
+    result = train(tiny_model(seed=5), TRAIN_DATA, VAL_DATA, cfg, checkpoint_path=path, resume=True, progress=False)
+    history = result.history
+    assert history["steps"][: len(saved["steps"])] == saved["steps"], "the resumed run extends the saved history"
+    resumed_seconds = history["seconds"][len(saved["seconds"]) :]
+    assert resumed_seconds and resumed_seconds[0] > saved["seconds"][-1], "the clock continues, not restarts"
+    assert result.seconds < cfg.max_seconds - saved["seconds"][-1] + 1.0, "only the time left is spent"
+    assert result.stop_reason == "max_seconds" and history["lr"][-1] == cfg.min_lr
+    finished = train(tiny_model(), TRAIN_DATA, VAL_DATA, cfg, checkpoint_path=path, resume=True, progress=False)
+    assert finished.steps == result.steps, "a finished time-budget run is not trained further"
+
+
+# ---------------------------------------------------------------------------------------------- precision, compile
+
+
+def test_precision_follows_what_the_hardware_computes_natively():
+    assert choose_precision("cuda", cuda_capability=(9, 0)) == "bf16"  # H100
+    assert choose_precision("cuda", cuda_capability=(8, 0)) == "bf16"  # A100
+    assert choose_precision("cuda", cuda_capability=(7, 5)) == "fp16"  # T4: bf16 only emulated
+    assert choose_precision("cuda", cuda_capability=(7, 0)) == "fp16"  # V100
+    assert choose_precision("cuda", cuda_capability=(6, 1)) == "fp32"  # no tensor cores
+    assert choose_precision("cpu", cpu_has_bf16=True) == "bf16"
+    assert choose_precision("cpu", cpu_has_bf16=False) == "fp32"
+    assert choose_precision("mps") == "fp32"
+    flags = open("/proc/cpuinfo").read().split() if sys.platform.startswith("linux") else []
+    assert cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    assert choose_precision("cpu") == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert device_precision("cpu", enabled=False) == "fp32"
+
+
+def test_only_float16_scales_the_loss():
+    assert grad_scaler("cpu", "fp16").is_enabled()
+    assert not grad_scaler("cpu", "bf16").is_enabled() and not grad_scaler("cpu", "fp32").is_enabled()
+    with pytest.raises(ValueError, match="choose one of"):
+        autocast("cpu", "fp8")
+
+
+def test_bf16_autocast_gives_a_finite_loss_close_to_float32():
+    model = tiny_model(dropout=0.0)
+    x, y = get_batch(TRAIN_DATA, 8, 8, torch.Generator().manual_seed(0))
+    _, full = model(x, y)
+    with autocast("cpu", "bf16"):
+        logits, reduced = model(x, y)
+    assert logits.dtype == torch.bfloat16, "the matrix multiplies really ran in bfloat16"
+    assert torch.isfinite(reduced) and reduced.item() == pytest.approx(full.item(), abs=0.05)
+    reduced.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_compile_choice_env_first_then_config_then_only_big_models_on_cuda(monkeypatch):
+    monkeypatch.delenv("DS9_COMPILE", raising=False)
+    tiny, big = tiny_model(), torch.nn.Linear(2400, 2400)  # 16 thousand and 5.8 million parameters
+    assert not should_compile("cpu", big) and not should_compile("cuda", tiny) and should_compile("cuda", big)
+    assert should_compile("cpu", tiny, requested=True) and not should_compile("cuda", big, requested=False)
+    monkeypatch.setenv("DS9_COMPILE", "0")
+    assert not should_compile("cuda", big, requested=True)
+    monkeypatch.setenv("DS9_COMPILE", "1")
+    assert should_compile("cpu", tiny)
+
+
+def test_a_model_that_fails_to_compile_trains_without_compiling(monkeypatch):
+    """A compiler that fails (no C++ compiler, no Triton...) costs a warning, never the run."""
+    real_compile = torch.compile
+
+    def failing_backend(graph, example_inputs):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(torch, "compile", lambda module: real_compile(module, backend=failing_backend))
+    cfg = tiny_config(max_steps=6, compile=True)
+    compiled = tiny_model(dropout=0.0)
+    with pytest.warns(UserWarning, match="torch.compile failed .*no C\\+\\+ compiler"):
+        result = train(compiled, TRAIN_DATA, VAL_DATA, cfg, progress=False)
+    assert result.steps == 6 and math.isfinite(result.val_loss)
+    eager = tiny_model(dropout=0.0)
+    train(eager, TRAIN_DATA, VAL_DATA, replace(cfg, compile=False), progress=False)
+    assert_same_weights(eager, compiled)
