@@ -1,4 +1,5 @@
-"""The figures the notebooks share: attention maps, matrices, loss curves and next-character distributions.
+"""The figures the notebooks share: attention maps, matrices, loss curves and next-character distributions,
+and the loss curves ``train(live_plot=True)`` redraws under a notebook cell.
 
 Every function draws into a matplotlib Axes (a new figure when ``ax`` is None) and returns it (the grid
 returns its Figure), so a notebook can add to the picture before it is shown. Nothing here calls
@@ -10,6 +11,7 @@ as ``·`` and a tab as ``→`` (see ``token_label``).
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -225,3 +227,51 @@ def plot_distribution(probs, labels: Sequence[str], *, ax=None, title: str | Non
     if title:
         ax.set_title(title)
     return ax
+
+
+def loss_curve_png(history: dict[str, list]) -> bytes:
+    """Draw the train and validation loss curves (nats on the left, bits per character on the right) as a PNG."""
+    from matplotlib.figure import Figure
+
+    from .train import bits_per_char  # train imports this module for its live plot
+
+    figure = Figure(figsize=(7, 3.5))
+    axes = figure.subplots()
+    axes.plot(history["steps"], history["train_loss"], marker=".", label="train")
+    axes.plot(history["steps"], history["val_loss"], marker=".", label="validation")
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss (nats per character)")
+    axes.secondary_yaxis("right", functions=(bits_per_char, lambda bits: bits * math.log(2))).set_ylabel(
+        "bits per character"
+    )
+    if history["val_loss"]:
+        latest = history["val_loss"][-1]
+        axes.set_title(f"step {history['steps'][-1]}: validation {latest:.3f} nats = {bits_per_char(latest):.3f} bpc")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    return buffer.getvalue()
+
+
+class LiveLossPlot:
+    """Redraws the loss curves in place under a notebook cell; does nothing outside Jupyter."""
+
+    def __init__(self) -> None:
+        self.handle = None
+        try:
+            from IPython import get_ipython
+            from IPython.display import Markdown, display
+        except ImportError:
+            return
+        shell = get_ipython()
+        if shell is None or not hasattr(shell, "kernel"):  # a plain script or terminal IPython
+            return
+        self.handle = display(Markdown("*the loss curves appear after the first evaluation*"), display_id=True)
+
+    def update(self, history: dict[str, list]) -> None:
+        if self.handle is not None:
+            from IPython.display import Image
+
+            self.handle.update(Image(data=loss_curve_png(history), format="png"))

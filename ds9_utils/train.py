@@ -17,7 +17,6 @@ under ``torchrun``.
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import time
 import warnings
@@ -33,6 +32,7 @@ from tqdm.auto import tqdm
 from . import precision
 from .checkpoints import read_resumable_checkpoint, restore_rng_states, save_checkpoint
 from .model import GPT
+from .plots import LiveLossPlot
 from .settings import resolve_device
 
 
@@ -42,8 +42,8 @@ class TrainConfig:
 
     batch_size: int = 12
     max_steps: int = 2000
-    # A time budget: the warm-up and cosine are laid out over these seconds of wall-clock time (evaluations
-    # included), so the run ends annealed when time is up; max_steps then only caps it. None: count steps.
+    # A time budget: the warm-up and cosine are laid out over these seconds of training (evaluations are not
+    # counted), so the run ends annealed when time is up; max_steps then only caps it. None: count steps.
     max_seconds: float | None = None
     learning_rate: float = 1e-3
     min_lr: float = 1e-4
@@ -261,55 +261,6 @@ class TrainResult:
         return asdict(self)
 
 
-# ---------------------------------------------------------------------------------------------- live plot
-
-
-def _loss_curve_png(history: dict[str, list]) -> bytes:
-    """Draw the train and validation loss curves (nats on the left, bits per character on the right)."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(7, 3.5))
-    axes = figure.subplots()
-    axes.plot(history["steps"], history["train_loss"], marker=".", label="train")
-    axes.plot(history["steps"], history["val_loss"], marker=".", label="validation")
-    axes.set_xlabel("step")
-    axes.set_ylabel("loss (nats per character)")
-    axes.secondary_yaxis("right", functions=(bits_per_char, lambda bits: bits * math.log(2))).set_ylabel(
-        "bits per character"
-    )
-    if history["val_loss"]:
-        latest = history["val_loss"][-1]
-        axes.set_title(f"step {history['steps'][-1]}: validation {latest:.3f} nats = {bits_per_char(latest):.3f} bpc")
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    return buffer.getvalue()
-
-
-class _LiveLossPlot:
-    """Redraws the loss curves in place under a notebook cell; does nothing outside Jupyter."""
-
-    def __init__(self) -> None:
-        self.handle = None
-        try:
-            from IPython import get_ipython
-            from IPython.display import Markdown, display
-        except ImportError:
-            return
-        shell = get_ipython()
-        if shell is None or not hasattr(shell, "kernel"):  # a plain script or terminal IPython
-            return
-        self.handle = display(Markdown("*the loss curves appear after the first evaluation*"), display_id=True)
-
-    def update(self, history: dict[str, list]) -> None:
-        if self.handle is not None:
-            from IPython.display import Image
-
-            self.handle.update(Image(data=_loss_curve_png(history), format="png"))
-
-
 # ---------------------------------------------------------------------------------------------- the loop
 
 
@@ -347,7 +298,7 @@ def train(
     True stops training. ``live_plot`` redraws the loss curves in a notebook.
 
     With ``cfg.max_seconds`` the run is a time budget: the learning rate decays with the seconds spent (see
-    ``lr_at``), evaluations included, so it ends annealed when time is up, and the progress bar counts
+    ``lr_at``), evaluations excluded, so it ends annealed when time is up, and the progress bar counts
     seconds. The seconds spent are kept in ``history["seconds"]`` (one reading per evaluation), so a resumed
     run continues the schedule where the checkpoint left it. The step runs in the device's fastest correct
     precision and compiled where that pays (``ds9_utils.precision``; ``cfg.autocast``, ``cfg.compile``).
@@ -385,7 +336,7 @@ def train(
     run_precision = precision.device_precision(device, cfg.autocast)
     scaler = precision.grad_scaler(device, run_precision)
     rows = parallel.rows(cfg.batch_size)
-    plot = _LiveLossPlot() if live_plot and parallel.is_main else None
+    plot = LiveLossPlot() if live_plot and parallel.is_main else None
     postfix: dict[str, str] = {}
     history.setdefault("seconds", [0.0] * len(history["steps"]))  # a checkpoint from before the time budgets
     seconds_before = history["seconds"][-1] if history["seconds"] else 0.0  # training time of earlier calls
@@ -393,9 +344,13 @@ def train(
     eval_seconds, steps_this_call, stop_reason = 0.0, 0, "max_steps"
 
     def elapsed() -> float:
-        """Seconds this run has trained, evaluations included, over every call (the same on every process)."""
+        """Seconds this run has trained, over every call, without its evaluations (the same on every process).
+
+        Evaluations are left out so that measuring does not eat the budget: a slow evaluation on a busy
+        machine, or a frequent one, would otherwise leave a short run little time to train.
+        """
         _synchronize(device)
-        return parallel.mean({"seconds": seconds_before + clock() - started})["seconds"]
+        return parallel.mean({"seconds": seconds_before + clock() - started - eval_seconds})["seconds"]
 
     def forward_backward(module: torch.nn.Module, x: Tensor, y: Tensor) -> Tensor:
         with precision.autocast(device, run_precision):
@@ -441,7 +396,6 @@ def train(
             plot.update(history)
         postfix.update(val=f"{losses['val']:.3f}", bpc=f"{bits_per_char(losses['val']):.3f}")
         bar.set_postfix(postfix)
-        eval_seconds += clock() - eval_started
         metrics = {
             "train_loss": losses["train"],
             "val_loss": losses["val"],
@@ -449,7 +403,9 @@ def train(
             "lr": lr_at(step, cfg, now),
         }
         wants_stop = callback is not None and parallel.is_main and bool(callback(step, metrics))
-        return parallel.any(wants_stop)
+        wants_stop = parallel.any(wants_stop)
+        eval_seconds += clock() - eval_started
+        return wants_stop
 
     # With a time budget the bar counts seconds, so its estimate of the time left is the budget's.
     timed = cfg.max_seconds is not None

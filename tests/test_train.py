@@ -16,6 +16,7 @@ import torch
 import ds9_utils.train as training
 from ds9_utils.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from ds9_utils.model import GPT, GPTConfig
+from ds9_utils.plots import loss_curve_png
 from ds9_utils.precision import (
     autocast,
     choose_precision,
@@ -29,7 +30,6 @@ from ds9_utils.tokenizers import CharTokenizer
 from ds9_utils.train import (
     SingleProcess,
     TrainConfig,
-    _loss_curve_png,
     configure_optimizer,
     estimate_loss,
     get_batch,
@@ -240,7 +240,7 @@ def test_get_batch_rows_keep_one_share_of_the_same_draw():
 
 def test_loss_curve_png_is_drawn():
     history = {"steps": [0, 10], "train_loss": [4.0, 2.5], "val_loss": [4.1, 2.7], "lr": [1e-4, 1e-3]}
-    assert _loss_curve_png(history).startswith(b"\x89PNG")
+    assert loss_curve_png(history).startswith(b"\x89PNG")
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
