@@ -53,6 +53,9 @@ def set_up_cell(path: Path) -> str:
 
 
 def requirement(spec: str) -> tuple[str, str]:
+    """Name and version constraint of a requirement; an environment marker (``; python_version < ...``) is
+    dropped, because conda installs the package whatever the Python (harmless where it is not needed)."""
+    spec = spec.split(";", 1)[0]
     name, constraint = re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*(.*)$", spec).groups()
     return name.lower(), constraint.replace(" ", "")
 
