@@ -110,7 +110,10 @@ def main() -> None:
                 else:
                     loss, info = train_nanogpt(args.text, args.seconds, args.nanogpt, args.seed)
                 results[name].append(loss)
-                print(f"{name:>7}: held-out {loss:.4f} nats = {bits_per_char(loss):.4f} bpc; {json.dumps(info)}")
+                print(
+                    f"{name:>7}: held-out {loss:.4f} nats = {bits_per_char(loss):.4f} bpc; {json.dumps(info)}",
+                    flush=True,
+                )
     ours, theirs = (sum(values) / len(values) for values in results.values())
     print(f"mean held-out loss: ours {ours:.4f} nats, nanoGPT {theirs:.4f} nats, ours - nanoGPT = {ours - theirs:+.4f}")
     print(json.dumps({"seconds": args.seconds, "text": str(args.text), **results, "difference": ours - theirs}))

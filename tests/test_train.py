@@ -390,7 +390,7 @@ def steady_clock(monkeypatch):
 
 
 def test_time_budget_run_ends_annealed_when_time_is_up(steady_clock):
-    cfg = tiny_config(max_steps=10**9, max_seconds=3.0, warmup_steps=2, eval_interval=5, lr_decay_steps=None)
+    cfg = tiny_config(max_steps=10**9, max_seconds=3.0, warmup_steps=2, eval_interval=6, lr_decay_steps=None)
     result = train(tiny_model(), TRAIN_DATA, VAL_DATA, cfg, progress=False)
     history = result.history
     assert result.stop_reason == "max_seconds" and result.steps > 10
