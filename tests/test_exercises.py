@@ -65,8 +65,18 @@ def test_the_reference_solution_passes_its_check(exercise_id):
     exercise = EXERCISES[exercise_id]
     assert problems(exercise, exercise.reference()) == []
     right, output = printed(check, exercise_id, exercise.reference())
-    assert right is True
+    assert bool(right) is True
     assert output.startswith("✅ right: ")
+
+
+def test_a_check_cell_shows_only_its_printed_line():
+    """In a notebook the verdict adds no stray ``True``/``False`` under the printed line, yet it is truthful."""
+    exercise_id = next(iter(EXERCISES))
+    wrong, output = printed(check, exercise_id, None)
+    assert not wrong and output.startswith("❌ not yet: ")
+    right, _ = printed(check, exercise_id, EXERCISES[exercise_id].reference())
+    assert right and repr(right) == "right" and repr(wrong) == "not yet"
+    assert right._ipython_display_() is None  # IPython calls this instead of showing a repr
 
 
 @pytest.mark.parametrize("exercise_id", EXERCISES)
@@ -79,7 +89,7 @@ def test_a_wrong_answer_is_reported_specifically(exercise_id):
         wrong_answers = [perturbed(reference)]
     for wrong in wrong_answers:
         right, output = printed(check, exercise_id, wrong)
-        assert right is False
+        assert bool(right) is False
         assert output.startswith("❌ not yet: ")
         assert output.count("\n") == 1, "one line per check"
         assert "your answer raised" not in output, f"the check crashed on a wrong answer instead of comparing: {output}"
@@ -100,7 +110,7 @@ def test_unfinished_answers_are_reported_never_raised():
         (42, "expected a function, got int"),
     ]:
         right, output = printed(check, "05.2", answer)
-        assert right is False
+        assert bool(right) is False
         assert expected in output
 
 

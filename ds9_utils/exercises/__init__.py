@@ -113,16 +113,33 @@ def problems(exercise: Exercise, answer: Any) -> list[str]:
         return [f"your answer raised {type(error).__name__}: {error}"]
 
 
-def check(exercise_id: str, answer: Any) -> bool:
+class Verdict:
+    """What ``check`` found: true when the answer is right. In a notebook it shows nothing itself (the printed
+    line already said it), so a check cell's output is that one line, not a stray ``True`` or ``False``."""
+
+    def __init__(self, right: bool) -> None:
+        self.right = right
+
+    def __bool__(self) -> bool:
+        return self.right
+
+    def __repr__(self) -> str:
+        return "right" if self.right else "not yet"
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
+def check(exercise_id: str, answer: Any) -> Verdict:
     """Check an answer, print one line saying it is right or what is wrong, and return whether it is right."""
     exercise = _exercise(exercise_id)
     found = problems(exercise, answer)
     if found:
         more = f" (and {len(found) - 1} more problem{'s' * (len(found) > 2)})" if len(found) > 1 else ""
         print(f"❌ not yet: {found[0]}{more}")
-        return False
+        return Verdict(False)
     print(f"✅ right: {exercise.verified or exercise.title}")
-    return True
+    return Verdict(True)
 
 
 class SolutionView:
