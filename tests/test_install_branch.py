@@ -65,13 +65,16 @@ def test_the_set_up_cell_installs_ds9_utils_where_it_is_missing(tmp_path, mirror
     source = tmp_path / "fork"  # what DS9_PACKAGE_SOURCE points at: the repository as committed
     subprocess.run(["git", "clone", "--quiet", str(PROJECT_ROOT), str(source)], check=True)
     python = environment_without_ds9_utils(tmp_path)
-    missing = subprocess.run([python, "-c", "import ds9_utils"], cwd=tmp_path, capture_output=True, text=True)
+    # Nothing of ours leaks in: no DS9_/PIP_ settings and no PYTHONPATH (which could point at a checkout).
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(("DS9_", "PIP_"))}
+    environment.pop("PYTHONPATH", None)
+    missing = subprocess.run(
+        [python, "-c", "import ds9_utils"], cwd=tmp_path, env=environment, capture_output=True, text=True
+    )
     assert "No module named 'ds9_utils'" in missing.stderr, "the new environment must not see ds9_utils yet"
 
     work = tmp_path / "kaggle-working"  # empty, as after uploading one notebook: the data goes in ./data
     work.mkdir()
-    environment = {key: value for key, value in os.environ.items() if not key.startswith(("DS9_", "PIP_"))}
-    environment.pop("PYTHONPATH", None)
     environment.update(
         DS9_PACKAGE_SOURCE=f"git+{source.as_uri()}",
         DS9_BASE_URL=mirror_url,
