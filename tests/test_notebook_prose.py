@@ -38,6 +38,7 @@ ALLOWED: dict[str, set[str]] = {
     "07": {"0.2"},  # the gpu preset's dropout rate, a setting
     "12": {"1,024"},  # the BPE vocabulary size asked for, a setting
     "14": {"0.05"},  # the rater's tie margin, a setting of ds9_utils.feedback
+    "15": {"16,384"},  # the GPUs of Llama 3's training cluster, cited from its paper
 }
 
 MEASURED = re.compile(r"(?<![\w.,/-])(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+)(\s?%)?(?![\w.]\d)")
@@ -137,6 +138,18 @@ def test_every_measured_number_in_the_prose_is_printed_by_the_notebook(path: Pat
     )
     missing = unprinted_numbers(notebook, path.stem[:2])
     assert not missing, f"{path.name}: numbers in the prose that no output prints: {', '.join(missing)}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem[:2])
+def test_every_output_comes_from_a_run(path: Path):
+    """A cell with outputs but no execution count was edited after the run (nbval also refuses it)."""
+    notebook = nbformat.read(path, as_version=4)
+    unrun = [
+        index
+        for index, cell in enumerate(notebook.cells)
+        if cell.cell_type == "code" and cell.get("outputs") and cell.get("execution_count") is None
+    ]
+    assert not unrun, f"{path.name}: cells {unrun} show outputs that no run produced; rerun the notebook"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem[:2])
