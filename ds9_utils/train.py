@@ -71,8 +71,10 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.min_lr ({self.min_lr}) must be between 0 and learning_rate ({self.learning_rate})"
             )
-        if self.max_seconds is not None and self.max_seconds <= 0:
-            raise ValueError(f"TrainConfig.max_seconds must be positive or None, got {self.max_seconds}")
+        if self.max_seconds is not None and not (math.isfinite(self.max_seconds) and self.max_seconds > 0):
+            raise ValueError(
+                f"TrainConfig.max_seconds must be a positive number of seconds or None, got {self.max_seconds}"
+            )
 
 
 class SingleProcess:

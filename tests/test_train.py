@@ -147,6 +147,9 @@ def test_train_config_rejects_nonsense():
         TrainConfig(learning_rate=1e-4, min_lr=1e-3)
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(batch_size=0)
+    for budget in (0.0, -5.0, float("nan"), float("inf")):  # a budget must be a real, positive time
+        with pytest.raises(ValueError, match="max_seconds"):
+            TrainConfig(max_seconds=budget)
 
 
 # ---------------------------------------------------------------------------------------------- the loop
