@@ -30,11 +30,11 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import requests
-from tqdm.auto import tqdm
 
 from . import __version__, settings
 from .files import write_atomically
 from .parse import decode_page, parse_episode, parse_index
+from .progress import progress_bar
 from .settings import pages_dir  # the data folder's layout is decided in settings
 
 USER_AGENT = f"ds9-lets-build-an-llm/{__version__} (educational course; polite single-threaded downloader)"
@@ -310,7 +310,7 @@ def download_transcripts(
         pages = sorted({link.href for link in parse_index(decode_page(index_file.read_bytes()))})
 
         failures_in_a_row = 0  # pages that failed retryably, one after another: is the site down?
-        for page in tqdm(pages, desc="transcripts", unit="page", disable=not progress):
+        for page in progress_bar(pages, desc="transcripts", unit="page", disable=not progress):
             target = cache_path(folder, page)
             if _cached_good(target, transcript_problem):
                 report.cached.append(page)

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .progress import progress_bar
+
 # ---------------------------------------------------------------------------------------------- line kinds
 
 #: A speaker line: a name in capitals, optionally followed by a bracketed note such as ``[OC]`` (off camera)
@@ -290,9 +292,7 @@ def token_losses(
     model.eval()
     batches = range(0, len(windows), batch_size)
     if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc="scoring", unit="batch")
+        batches = progress_bar(batches, desc="scoring", unit="batch")
     try:
         for first in batches:
             chunk = windows[first : first + batch_size]

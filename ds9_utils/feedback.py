@@ -30,11 +30,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from .evaluate import scene_format_report, speaker_counts
 from .generate import generate
 from .model import GPT
+from .progress import progress_bar
 from .tokenizers import Tokenizer
 
 # ---------------------------------------------------------------------------------------------- prompts
@@ -217,7 +217,7 @@ def collect_preferences(
     if pairs_per_prompt < 1:
         raise ValueError(f"pairs_per_prompt must be at least 1, got {pairs_per_prompt}")
     pairs = []
-    for prompt in tqdm(prompts, desc="comparing scenes", unit="prompt", disable=not progress):
+    for prompt in progress_bar(prompts, desc="comparing scenes", unit="prompt", disable=not progress):
         scenes = sample_completions(
             model,
             tokenizer,
@@ -492,7 +492,7 @@ def train_reward_model(
     history: dict[str, list[float]] = {"loss": [], "accuracy": []}
     steps = config.epochs * math.ceil(len(pairs) / config.batch_size)
     reward_model.train()
-    with tqdm(total=steps, desc="reward model", unit="step", disable=not progress) as bar:
+    with progress_bar(total=steps, desc="reward model", unit="step", disable=not progress) as bar:
         for _ in range(config.epochs):
             for batch in _pair_batches(pairs, config.batch_size, generator):
                 idx, _, lengths = _encode_pairs(tokenizer, batch, device)
@@ -603,7 +603,7 @@ def train_reinforce(
     if monitor is not None:
         history["monitor"] = []
     k = config.samples_per_prompt
-    bar = tqdm(
+    bar = progress_bar(
         range(config.steps), desc=f"REINFORCE (KL coefficient {config.kl_coef:g})", unit="step", disable=not progress
     )
     for _ in bar:
@@ -709,7 +709,7 @@ def train_dpo(
     policy.eval()
     history: dict[str, list[float]] = {"loss": [], "accuracy": [], "margin": []}
     steps = config.epochs * math.ceil(len(pairs) / config.batch_size)
-    with tqdm(total=steps, desc="DPO", unit="step", disable=not progress) as bar:
+    with progress_bar(total=steps, desc="DPO", unit="step", disable=not progress) as bar:
         for _ in range(config.epochs):
             for batch in _pair_batches(pairs, config.batch_size, generator):
                 idx, prompt_lengths, lengths = _encode_pairs(tokenizer, batch, device)

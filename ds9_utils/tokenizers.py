@@ -25,9 +25,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from .files import write_atomically
+from .progress import progress_bar
 
 
 class Tokenizer(ABC):
@@ -305,7 +304,7 @@ def learn_bpe_merges(piece_counts: Mapping[bytes, int], num_merges: int, *, prog
     heap = [(-count, pair) for pair, count in counts.items()]  # smallest first: highest count, then smallest pair
     heapq.heapify(heap)
     merges: list[Pair] = []
-    with tqdm(total=num_merges, disable=not progress, desc="learning merges", unit="merge") as bar:
+    with progress_bar(total=num_merges, disable=not progress, desc="learning merges", unit="merge") as bar:
         while heap and len(merges) < num_merges:
             negative_count, pair = heapq.heappop(heap)
             if counts.get(pair) != -negative_count:  # out of date

@@ -27,12 +27,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from . import precision
 from .checkpoints import read_resumable_checkpoint, restore_rng_states, save_checkpoint
 from .model import GPT
 from .plots import LiveLossPlot
+from .progress import progress_bar
 from .settings import resolve_device
 
 
@@ -411,7 +411,7 @@ def train(
 
     # With a time budget the bar counts seconds, so its estimate of the time left is the budget's.
     timed = cfg.max_seconds is not None
-    with tqdm(
+    with progress_bar(
         total=cfg.max_seconds if timed else cfg.max_steps,
         initial=min(seconds_before, cfg.max_seconds) if timed else min(step, cfg.max_steps),
         disable=not (progress and parallel.is_main),

@@ -117,3 +117,23 @@ def test_the_set_up_output_shows_paths_a_reader_can_use(tmp_path, monkeypatch):
         assert display_path(package_root / "data" / "corpus" / "train.txt") == "../data/corpus/train.txt"
         monkeypatch.chdir(tmp_path)
         assert display_path(package_root / "data" / "x.pt") == "the course's data/x.pt"
+
+
+SAVED_PROGRESS_WIDGET = re.compile(r"\d+%\|")  # a tqdm widget saved mid-run: "training: 0%| 0/4000"
+MACHINE_PATH = re.compile(r"(?<![\w.])/(?:work|tmp|root|home|Users)/|[A-Z]:\\\\")
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")), ids=lambda path: path.name[:2])
+def test_committed_outputs_read_well_without_a_kernel(path: Path):
+    """GitHub, nbviewer and Colab's preview show saved outputs as they are: no dead progress widget, no
+    path of the machine that made the run."""
+    notebook = nbformat.read(path, as_version=4)
+    for number, cell in enumerate(notebook.cells):
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if "application/vnd.jupyter.widget-view+json" in data:
+                fallback = data.get("text/plain", "")
+                assert not SAVED_PROGRESS_WIDGET.search(fallback), f"cell {number}: a progress widget: {fallback!r}"
+            text = output.get("text", "") + "".join(v for k, v in data.items() if k.startswith("text/"))
+            found = MACHINE_PATH.search(text)
+            assert not found, f"cell {number} prints a path of the machine: ...{text[found.start() - 40:][:120]!r}"
