@@ -4,7 +4,8 @@ Read it top to bottom:
 
 1. ``character_text`` and ``character_split``: the fine-tuning data, every line one character speaks, in the
    corpus format (``QUARK: ...``), split by episode like the corpus, so validation lines come from episodes
-   the model has never seen.
+   the model has never seen. ``mix_general_lines`` adds a share of everyone's scenes (``sample_scenes``)
+   to it, against forgetting; ``spoken_mask`` picks out the words a line says, name tags left out.
 2. ``LoRAConfig``, ``LoRALinear`` and ``add_lora``: low-rank adaptation (Hu et al., 2021). A frozen weight
    matrix ``W`` (out x in) gets a trainable update ``(alpha / rank) * B @ A``, with ``A`` (rank x in) and
    ``B`` (out x rank). ``B`` starts at zero, so the adapted model starts as the base model exactly, and only
@@ -14,6 +15,8 @@ Read it top to bottom:
    to), written atomically and read with ``torch.load(weights_only=True)``; loading it onto the same base
    model gives the fine-tuned model back exactly.
 5. ``count_parameters`` and ``training_state_bytes``: what each way of fine-tuning trains and holds in memory.
+6. ``train_seeds`` and ``mean_and_spread``: one fine-tuning recipe run with several seeds, so a difference
+   between two recipes can be told from the run-to-run spread.
 
 Training itself is ``ds9_utils.train.train``: its optimizer only takes parameters with ``requires_grad``,
 and ``add_lora`` leaves exactly the adapters trainable.
@@ -25,8 +28,10 @@ import copy
 import hashlib
 import json
 import math
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+import random
+import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -34,10 +39,12 @@ import torch
 import torch.nn as nn
 
 from .corpus import SPLIT_NAMES, load_episodes, normalise_characters, render_line
+from .evaluate import SPEAKER_LINE
 from .files import load_torch, save_torch
 from .model import GPT
 from .parse import Episode
 from .settings import corpus_dir as default_corpus_dir
+from .train import TrainConfig, TrainResult, set_seed, train
 
 ADAPTER_FORMAT = "ds9_utils-lora-adapter"
 ADAPTER_VERSION = 1
@@ -84,6 +91,61 @@ def character_split(speaker: str, corpus_dir: Path | None = None) -> dict[str, s
                 "speaks in both (see CorpusSummary.top_speakers, e.g. 'QUARK', 'ODO' or 'KIRA')"
             )
     return texts
+
+
+def sample_scenes(text: str, n_chars: int, seed: int = 0) -> str:
+    """Whole scenes of ``text`` (blocks one blank line apart) drawn at random until they hold ``n_chars``.
+
+    Drawn from the whole text, not its first pages (one episode's opening is not everyone's lines), and kept
+    whole, so each keeps its speakers in order. The same ``seed`` draws the same scenes.
+    """
+    scenes = [scene for scene in text.split("\n\n") if scene.strip()]
+    random.Random(seed).shuffle(scenes)
+    chosen, size = [], 0
+    for scene in scenes:
+        if size >= n_chars:
+            break
+        chosen.append(scene)
+        size += len(scene) + 2
+    if size < n_chars:
+        raise ValueError(f"the text has {size:,} characters in scenes, fewer than the {n_chars:,} asked for")
+    return "\n\n".join(chosen) + "\n" if chosen else ""
+
+
+def mix_general_lines(character_text: str, general_text: str, general_share: float, seed: int = 0) -> str:
+    """``character_text`` followed by scenes of ``general_text`` (``sample_scenes``), ``general_share`` of it all.
+
+    Fine-tuning on one character alone pulls the model away from everyone else: its loss on their lines
+    rises. Keeping a share of everyone's lines in the fine-tuning data (rehearsal) keeps it practising them.
+    Where the scenes go does not matter: ``train`` draws its windows uniformly from the whole text.
+    """
+    if isinstance(general_share, bool) or not (isinstance(general_share, (int, float)) and 0 <= general_share < 1):
+        raise ValueError(f"general_share must be a fraction from 0 up to (not including) 1, got {general_share!r}")
+    wanted = round(len(character_text) * general_share / (1 - general_share))
+    if not wanted:
+        return character_text
+    return character_text.rstrip("\n") + "\n\n" + sample_scenes(general_text, wanted, seed)
+
+
+def spoken_mask(text: str, *, exclude: str | None = None) -> torch.Tensor:
+    """Which of ``token_losses(text)`` score spoken words: a boolean tensor of ``len(text) - 1`` entries.
+
+    Entry ``j`` belongs to character ``j + 1``, as in ``token_losses`` (nothing predicts the first one). A
+    character counts as spoken when it is in what a speaker line says (after ``NAME [note]: ``) or is the
+    newline that ends that line; name tags, headings, directions and blank lines do not. The name tag is left
+    out because it is the easy part of one character's text (every line starts with ``QUARK: ``): a model
+    learns it in a few steps, and it says nothing about how he speaks. ``exclude`` leaves out every line of
+    one speaker, to score everyone else.
+    """
+    excluded = exclude.strip().upper() if exclude else None
+    mask = torch.zeros(len(text), dtype=torch.bool)
+    start = 0
+    for line in text.split("\n"):
+        match = SPEAKER_LINE.match(line)
+        if match and match.group("name").strip() != excluded:
+            mask[start + match.start("text") : start + len(line) + 1] = True
+        start += len(line) + 1
+    return mask[1:]
 
 
 # ---------------------------------------------------------------------------------------------- LoRA
@@ -310,3 +372,50 @@ def training_state_bytes(model: nn.Module) -> int:
         size = parameter.numel() * parameter.element_size()
         total += size * (4 if parameter.requires_grad else 1)
     return total
+
+
+# ---------------------------------------------------------------------------------------------- seeds
+
+
+class SeedRun(NamedTuple):
+    seed: int
+    model: GPT  # the trained model, in eval mode
+    result: TrainResult
+    scores: dict[str, float]
+
+
+def train_seeds(
+    start: Callable[[], GPT],
+    train_data: torch.Tensor,
+    val_data: torch.Tensor,
+    config: TrainConfig,
+    seeds: Iterable[int],
+    score: Callable[[GPT], dict[str, float]],
+    *,
+    progress: bool = True,
+) -> list[SeedRun]:
+    """Run one recipe once per seed: ``start()`` builds the model, ``train`` trains it, ``score`` scores it.
+
+    One run says little when two recipes differ by less than runs of the same recipe do. The seed is set
+    before ``start()`` (it decides random weights and LoRA's ``A``) and is the config's seed (it decides the
+    batches), so every seed is a different, repeatable run.
+    """
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("train_seeds needs at least one seed, e.g. seeds=(0, 1)")
+    runs = []
+    for seed in seeds:
+        set_seed(seed)
+        model = start()
+        result = train(model, train_data, val_data, replace(config, seed=seed), progress=progress)
+        model.eval()
+        runs.append(SeedRun(seed, model, result, score(model)))
+    return runs
+
+
+def mean_and_spread(values: Iterable[float]) -> tuple[float, float]:
+    """The mean of ``values`` and their standard deviation (n - 1 in the denominator; 0 for a single value)."""
+    values = list(values)
+    if not values:
+        raise ValueError("mean_and_spread needs at least one value")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
