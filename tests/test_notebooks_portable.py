@@ -136,4 +136,4 @@ def test_committed_outputs_read_well_without_a_kernel(path: Path):
                 assert not SAVED_PROGRESS_WIDGET.search(fallback), f"cell {number}: a progress widget: {fallback!r}"
             text = output.get("text", "") + "".join(v for k, v in data.items() if k.startswith("text/"))
             found = MACHINE_PATH.search(text)
-            assert not found, f"cell {number} prints a path of the machine: ...{text[found.start() - 40:][:120]!r}"
+            assert not found, f"cell {number} prints a path of the machine: ...{text[found.start() - 40 :][:120]!r}"
