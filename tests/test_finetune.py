@@ -21,8 +21,13 @@ from ds9_utils.finetune import (
     count_parameters,
     load_adapter,
     lora_state_dict,
+    mean_and_spread,
     merge_lora,
+    mix_general_lines,
+    sample_scenes,
     save_adapter,
+    spoken_mask,
+    train_seeds,
     training_state_bytes,
 )
 from ds9_utils.model import GPT, GPTConfig
@@ -257,3 +262,87 @@ def test_character_split_follows_the_corpus_episode_split(tmp_path):
     (corpus / "split.json").write_text(json.dumps({"train": [401, 402], "val": [403], "test": []}), encoding="utf-8")
     with pytest.raises(ValueError, match="'GARAK' speaks no line in the train episodes"):
         character_split("garak", corpus)
+
+
+SCENE_TEXT = (
+    "=== 401: Emissary ===\n\n"
+    "[Quark's]\n"
+    "QUARK: Rom! Profit!\n"
+    "(Rom hides)\n"
+    "ROM [OC]: (to Nog) Yes, brother.\n"
+    "QUARK: Latinum.\n"
+    "\n"
+    "[Ops]\n"
+    "KIRA: Quark: no.\n"
+)
+
+
+def scored(text: str, mask: torch.Tensor) -> str:
+    """The characters a mask selects: entry j belongs to character j + 1, as in token_losses."""
+    assert mask.dtype == torch.bool and len(mask) == len(text) - 1
+    return "".join(text[j + 1] for j in range(len(mask)) if mask[j])
+
+
+def test_spoken_mask_keeps_what_lines_say_and_leaves_out_tags_headings_and_directions():
+    assert scored(SCENE_TEXT, spoken_mask(SCENE_TEXT)) == (
+        "Rom! Profit!\n(to Nog) Yes, brother.\nLatinum.\nQuark: no.\n"
+    )
+    assert scored(SCENE_TEXT, spoken_mask(SCENE_TEXT, exclude="quark")) == "(to Nog) Yes, brother.\nQuark: no.\n"
+    quark = "QUARK: Hello.\nQUARK [OC]: Bye."  # no newline at the end
+    assert scored(quark, spoken_mask(quark)) == "Hello.\nBye."
+    assert scored("Q", spoken_mask("Q")) == ""
+
+
+def test_sample_scenes_draws_whole_scenes_from_the_whole_text_repeatably():
+    text = "\n\n".join(f"[Bar]\nQUARK: Scene {n}." for n in range(40)) + "\n"
+    scenes = set(text.strip().split("\n\n"))
+    sample = sample_scenes(text, 100, seed=3)
+    drawn = sample.strip().split("\n\n")
+    assert set(drawn) <= scenes and len(set(drawn)) == len(drawn)
+    assert len(sample) >= 100 and len(sample) - len(drawn[-1]) - 2 < 100  # stops once it holds enough
+    assert sample == sample_scenes(text, 100, seed=3)
+    assert sample != sample_scenes(text, 100, seed=4)
+    assert drawn != sorted(drawn, key=lambda scene: int(scene.split()[-1].rstrip(".")))  # not the first pages
+    with pytest.raises(ValueError, match="fewer than the 10,000 asked for"):
+        sample_scenes(text, 10_000)
+
+
+def test_mix_general_lines_adds_the_asked_share_of_general_scenes():
+    character = "QUARK: Profit.\n" * 100
+    general = "\n\n".join(f"[Ops]\nKIRA: Line {n}.\nSISKO: Yes." for n in range(200)) + "\n"
+    mixed = mix_general_lines(character, general, 0.3, seed=1)
+    assert mixed.startswith(character)
+    share = mixed.count("KIRA") * len("[Ops]\nKIRA: Line 100.\nSISKO: Yes.\n\n") / len(mixed)
+    assert 0.27 < share < 0.33
+    assert mix_general_lines(character, general, 0.0) == character
+    for bad in (1.0, -0.1, True, "0.3"):
+        with pytest.raises(ValueError, match="general_share must be a fraction"):
+            mix_general_lines(character, general, bad)
+
+
+def test_train_seeds_repeats_a_seed_exactly_and_varies_between_seeds():
+    data = torch.randint(0, CONFIG.vocab_size, (400,), generator=torch.Generator().manual_seed(3))
+    config = TrainConfig(batch_size=4, max_steps=3, warmup_steps=1, eval_interval=3, eval_iters=1, device="cpu")
+    started = []
+
+    def start() -> GPT:
+        started.append(1)
+        return GPT(CONFIG)  # random weights: the seed decides them
+
+    def score(model: GPT) -> dict[str, float]:
+        assert not model.training
+        return {"loss": model(data[None, :16], data[None, 1:17])[1].item()}
+
+    runs = train_seeds(start, data, data, config, (0, 1, 0), score, progress=False)
+    assert len(started) == 3 and [run.seed for run in runs] == [0, 1, 0]
+    assert runs[0].scores == runs[2].scores and runs[0].scores != runs[1].scores
+    assert all(run.result.steps == 3 for run in runs)
+    with pytest.raises(ValueError, match="at least one seed"):
+        train_seeds(start, data, data, config, (), score)
+
+
+def test_mean_and_spread():
+    assert mean_and_spread([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert mean_and_spread([1.5]) == (1.5, 0.0)
+    with pytest.raises(ValueError, match="at least one value"):
+        mean_and_spread([])
