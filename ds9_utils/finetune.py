@@ -5,7 +5,8 @@ Read it top to bottom:
 1. ``character_text`` and ``character_split``: the fine-tuning data, every line one character speaks, in the
    corpus format (``QUARK: ...``), split by episode like the corpus, so validation lines come from episodes
    the model has never seen. ``mix_general_lines`` adds a share of everyone's scenes (``sample_scenes``)
-   to it, against forgetting; ``spoken_mask`` picks out the words a line says, name tags left out.
+   to it, against forgetting; ``spoken_mask`` picks out the words a line says, name tags left out, and
+   ``characteristic_words`` the words the character says far more often than everyone else.
 2. ``LoRAConfig``, ``LoRALinear`` and ``add_lora``: low-rank adaptation (Hu et al., 2021). A frozen weight
    matrix ``W`` (out x in) gets a trainable update ``(alpha / rank) * B @ A``, with ``A`` (rank x in) and
    ``B`` (out x rank). ``B`` starts at zero, so the adapted model starts as the base model exactly, and only
@@ -29,7 +30,9 @@ import hashlib
 import json
 import math
 import random
+import re
 import statistics
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -51,6 +54,7 @@ ADAPTER_VERSION = 1
 #: The linear layers of a GPT block that LoRA can adapt: the attention's query/key/value and output
 #: projections, and the feed-forward network's two layers.
 LORA_TARGETS = ("attn.qkv", "attn.proj", "ffwd.expand", "ffwd.proj")
+WORD = re.compile(r"[a-z']+")  # a word of lower-cased spoken text, for characteristic_words
 
 
 # ---------------------------------------------------------------------------------------------- the data
@@ -146,6 +150,32 @@ def spoken_mask(text: str, *, exclude: str | None = None) -> torch.Tensor:
             mask[start + match.start("text") : start + len(line) + 1] = True
         start += len(line) + 1
     return mask[1:]
+
+
+def spoken_words(text: str) -> list[str]:
+    """The words the speaker lines of ``text`` say, lower-cased (``"QUARK: Rom's bar!"`` -> ``["rom's", "bar"]``)."""
+    said = (match.group("text") for match in map(SPEAKER_LINE.match, text.split("\n")) if match)
+    return WORD.findall(" ".join(said).lower())
+
+
+def characteristic_words(character_text: str, general_text: str, n: int = 12, min_count: int = 30) -> list[str]:
+    """The ``n`` words the character says most often compared with everyone: a readable trace of a voice.
+
+    Words are ranked by how many times more often they come in ``character_text``'s spoken words than in
+    ``general_text``'s (per word said). ``min_count`` keeps out words the character says too rarely for the
+    ratio to mean anything (a name said twice). Counting them in generated lines shows a voice that a loss
+    of a few hundredths of a nat hides.
+    """
+    character, general = Counter(spoken_words(character_text)), Counter(spoken_words(general_text))
+    character_total, general_total = sum(character.values()), sum(general.values())
+    if not character_total or not general_total:
+        raise ValueError("characteristic_words needs speaker lines (NAME: ...) in both texts")
+
+    def ratio(word: str) -> float:
+        return (character[word] / character_total) / ((general[word] + 1) / general_total)
+
+    frequent = [word for word, count in character.items() if count >= min_count]
+    return sorted(frequent, key=ratio, reverse=True)[:n]
 
 
 # ---------------------------------------------------------------------------------------------- LoRA

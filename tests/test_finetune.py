@@ -18,6 +18,7 @@ from ds9_utils.finetune import (
     base_fingerprint,
     character_split,
     character_text,
+    characteristic_words,
     count_parameters,
     load_adapter,
     lora_state_dict,
@@ -27,6 +28,7 @@ from ds9_utils.finetune import (
     sample_scenes,
     save_adapter,
     spoken_mask,
+    spoken_words,
     train_seeds,
     training_state_bytes,
 )
@@ -346,3 +348,14 @@ def test_mean_and_spread():
     assert mean_and_spread([1.5]) == (1.5, 0.0)
     with pytest.raises(ValueError, match="at least one value"):
         mean_and_spread([])
+
+
+def test_characteristic_words_are_what_one_speaker_says_more_often_than_everyone():
+    assert spoken_words(SCENE_TEXT) == ["rom", "profit", "to", "nog", "yes", "brother", "latinum", "quark", "no"]
+    quark = "QUARK: Latinum, brother! Profit.\n" * 40 + "QUARK: Yes.\n" * 40 + "QUARK: Morn.\n" * 5
+    general = "KIRA: Yes, Major.\nODO: Yes. Latinum.\n" * 200 + "SISKO: Profit?\n"
+    assert characteristic_words(quark, general, n=3) == ["brother", "profit", "latinum"]
+    assert "morn" not in characteristic_words(quark, general, n=10)  # said 5 times: too rare to rank
+    assert "morn" in characteristic_words(quark, general, n=10, min_count=5)
+    with pytest.raises(ValueError, match="needs speaker lines"):
+        characteristic_words(quark, "(Everyone leaves)")
