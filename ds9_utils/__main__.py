@@ -25,7 +25,6 @@ from pathlib import Path
 from .download import DownloadConfig, DownloadError, download_transcripts
 
 DEFAULT_PROMPT = "[Quark's]\n"
-SCENE_END = "\n\n"  # scenes are one blank line apart
 MIN_TEMPERATURE = 1e-3  # below this, logits / temperature overflows to inf; use 0 for greedy decoding
 EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -256,6 +255,7 @@ def _write_scene(
     import torch
 
     from .checkpoints import load_checkpoint
+    from .corpus import SCENE_SEPARATOR
     from .generate import stream_text
 
     loaded = load_checkpoint(checkpoint)
@@ -277,7 +277,7 @@ def _write_scene(
         top_k=top_k,
         top_p=top_p,
         generator=generator,
-        stop_text=SCENE_END,
+        stop_text=SCENE_SEPARATOR,
     )
     for piece in pieces:
         print(piece, end="", flush=True)

@@ -51,6 +51,7 @@ from .settings import corpus_dir as _default_corpus_dir
 from .settings import pages_dir as default_pages_dir
 
 FALLBACK_CHARACTER = "?"
+SCENE_SEPARATOR = "\n\n"  # one blank line between blocks: a scene ends where the next scene or episode begins
 _OUTSIDE_ALLOWED = re.compile(r"[^\x20-\x7e\n]")  # printable ASCII and the newline are allowed
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_SPLIT_SEED = 0
@@ -127,7 +128,7 @@ def _render_scene(scene: Scene) -> str:
 def _render(episode: Episode, replaced: Counter[str] | None = None) -> str:
     blocks = [f"=== {episode.number}: {episode.title} ==="]
     blocks += [_render_scene(scene) for scene in episode.scenes if scene.lines or scene.location]
-    return normalise_characters("\n\n".join(blocks), replaced) + "\n"
+    return normalise_characters(SCENE_SEPARATOR.join(blocks), replaced) + "\n"
 
 
 def render_episode(episode: Episode) -> str:

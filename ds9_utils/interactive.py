@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
+from .corpus import SCENE_SEPARATOR
 from .generate import generate_text, stop_at_text
 from .plots import plot_attention
 from .tokenizers import Tokenizer
 
-SCENE_END = "\n\n["  # a blank line and the next scene's heading
 SAMPLING_PROMPT = "[Quark's]\nQUARK:"
 ATTENTION_LINE = "ODO: Where were you last night, Quark?"
 
@@ -126,7 +126,7 @@ def sample_scene(
     max_new_tokens: int = 300,
     seed: int = 0,
 ) -> str:
-    """The prompt and one scene sampled after it, up to the next scene heading or ``max_new_tokens``.
+    """The prompt and one scene sampled after it, up to its end (a blank line) or ``max_new_tokens``.
 
     The seed fixes the random draws, so two settings with the same seed differ only by the settings."""
     device = next(model.parameters()).device
@@ -139,10 +139,10 @@ def sample_scene(
         top_k=top_k,
         top_p=top_p,
         generator=torch.Generator(device=device).manual_seed(seed),
-        stop=stop_at_text(tokenizer, SCENE_END),
+        stop=stop_at_text(tokenizer, SCENE_SEPARATOR),
     )
     continuation = text[len(prompt) :]
-    return prompt + continuation.split(SCENE_END)[0]
+    return prompt + continuation.split(SCENE_SEPARATOR)[0]
 
 
 def sampling_explorer(

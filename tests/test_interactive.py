@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from ds9_utils.interactive import SCENE_END, attention_explorer, sample_scene, sampling_explorer
+from ds9_utils.corpus import SCENE_SEPARATOR
+from ds9_utils.interactive import attention_explorer, sample_scene, sampling_explorer
 from ds9_utils.model import GPT, GPTConfig
 from ds9_utils.tokenizers import CharTokenizer
 
@@ -54,7 +55,7 @@ def test_sample_scene_is_reproducible_and_stops_before_the_next_scene(model_and_
     model, tokenizer = model_and_tokenizer
     first = sample_scene(model, tokenizer, "[Ops]\n", max_new_tokens=80, seed=1)
     assert first == sample_scene(model, tokenizer, "[Ops]\n", max_new_tokens=80, seed=1)
-    assert first.startswith("[Ops]\n") and SCENE_END not in first
+    assert first.startswith("[Ops]\n") and SCENE_SEPARATOR not in first.removeprefix("[Ops]\n")  # no next scene
     greedy = sample_scene(model, tokenizer, "[Ops]\n", temperature=0, max_new_tokens=80)
     assert sample_scene(model, tokenizer, "[Ops]\n", top_k=1, max_new_tokens=80, seed=5) == greedy  # one choice left
 
