@@ -15,7 +15,8 @@ continues one token per step. The uncached path follows exactly the same rule, s
 speed, never the tokens. ``context_slide=1`` reproduces the textbook ``idx[:, -block_size:]`` loop.
 
 Speed. With the cache, one step of a small model is a few dozen small operations, so anything else done per
-token shows: the arguments are checked once per call, the tokens go into one buffer allocated up front, and
+token shows: the arguments are checked once per call, the tokens go into one buffer allocated up front, each
+new token goes through the model's lean ``decode_step`` (the cache is filled with ``forward``), and
 stopping at a text decodes each new token once instead of the whole text again at every step. The
 sampling itself is ``torch.multinomial``'s own method written out without its per-call checks (``_draw``).
 """
@@ -283,14 +284,14 @@ def _sampling_loop(
             window_start += context_slide
             cache_is_current = False
         if kv_cache is None:
-            logits, _ = model(tokens[:, window_start:length])
-        elif cache_is_current:
-            logits, _ = model(tokens[:, length - 1 : length], kv_cache=kv_cache)
+            logits = model(tokens[:, window_start:length])[0][:, -1]
+        elif cache_is_current:  # the usual step: only the newest token goes through the model
+            logits = model.decode_step(tokens[:, length - 1], kv_cache)
         else:  # (re)fill the cache from the whole window in one pass
             kv_cache.reset()
-            logits, _ = model(tokens[:, window_start:length], kv_cache=kv_cache)
+            logits = model(tokens[:, window_start:length], kv_cache=kv_cache)[0][:, -1]
             cache_is_current = True
-        tokens[:, length : length + 1] = pick_next_token(logits[:, -1, :])
+        tokens[:, length : length + 1] = pick_next_token(logits)
         yield tokens[:, : length + 1]
         if should_stop is not None and should_stop(tokens[:, prompt_length : length + 1]):
             return
@@ -314,8 +315,8 @@ def generate(
     The model is used in whatever mode it is in: call ``model.eval()`` first to switch dropout off
     (``generate_text`` does). Gradients are not tracked.
 
-    use_cache: reuse keys and values between steps (models with ``new_kv_cache``, i.e. the GPT); the same
-        tokens as without it, much faster.
+    use_cache: reuse keys and values between steps (models with ``new_kv_cache`` and ``decode_step``, the GPT):
+        the same tokens as without it, much faster.
     generator: a ``torch.Generator`` on the model's device, for reproducible sampling.
     stop: ends generation early. Either a callable that receives the new tokens so far (B, T_new) and returns
         True to stop, or a collection of token-id sequences: generation ends when every row's new tokens

@@ -7,7 +7,7 @@ Read it top to bottom, in the order the notebooks build it:
    head and an explicit masked softmax.
 3. ``GPTConfig``, ``CausalSelfAttention``, ``FeedForward``, ``Block`` and ``GPT``: the same ideas in the
    compact, fast form of nanoGPT (all heads in one matrix multiply, fused attention), plus a ``KVCache`` so
-   generation processes one new token per step instead of the whole context again.
+   generation processes one new token per step instead of the whole context again (``GPT.decode_step``).
 """
 
 from __future__ import annotations
@@ -234,10 +234,10 @@ class CausalSelfAttention(nn.Module):
         self.register_buffer("causal_mask", causal_mask, persistent=False)
 
     def _queries_keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v of shape (B, n_head, T, head_size)."""
+        """q, k, v of shape (B, n_head, T, head_size): views into the one ``qkv`` output, nothing copied."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(self.n_embd, dim=2)
-        return tuple(t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)
 
     def attention_weights(self, q: torch.Tensor, k: torch.Tensor, past_length: int = 0) -> torch.Tensor:
         """softmax(QK^T / sqrt(head_size)) with the future masked: (B, n_head, T_query, T_key), rows sum to 1."""
@@ -266,7 +266,7 @@ class CausalSelfAttention(nn.Module):
             else:  # several new tokens after cached ones: the causal mask is offset by the cached length
                 mask = self.causal_mask[past_length : past_length + T, : past_length + T]
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
         return self.resid_dropout(self.proj(y))
 
 
@@ -374,16 +374,17 @@ class GPT(nn.Module):
                 f"Cannot process {T} tokens{cached}: the model's block_size is {self.config.block_size}. "
                 "Crop the input to the last block_size tokens (idx[:, -block_size:]) or reset the KV cache."
             )
-        # One new token after cached ones is a generation step: the model sampled that token itself, and a
-        # check would cost a pass over the ids (a device sync on a GPU) for every token generated.
-        if past_length == 0 or T > 1:
-            _check_token_ids(idx, self.config.vocab_size)
+        _check_token_ids(idx, self.config.vocab_size)
         x = self.token_embedding(idx)
-        if self.config.positional == "learned":  # rows past_length.. of the table are the positions' vectors
-            x = x + self.position_embedding.weight[past_length : past_length + T]
-        elif self.config.positional == "sinusoidal":
-            x = x + self.position_table[past_length : past_length + T]
+        if self.config.positional != "none":
+            x = x + self._position_vectors(past_length, T)
         return self.dropout(x)
+
+    def _position_vectors(self, start: int, length: int) -> torch.Tensor:
+        """The vectors that tell positions ``start .. start + length - 1`` apart: (length, n_embd)."""
+        if self.config.positional == "learned":  # row i of the table is position i's vector
+            return self.position_embedding.weight[start : start + length]
+        return self.position_table[start : start + length]
 
     def hidden_states(self, idx: torch.Tensor, *, kv_cache: KVCache | None = None) -> torch.Tensor:
         """What the last block makes of each position, after the final LayerNorm: (B, T, n_embd).
@@ -415,6 +416,42 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
         return logits, loss
+
+    def decode_step(self, tokens: torch.Tensor, kv_cache: KVCache) -> torch.Tensor:
+        """Logits (B, vocab_size) for the token after ``tokens`` (B,), one new token per row that follows
+        the tokens already in ``kv_cache``; their keys and values join the cache.
+
+        The arithmetic of ``forward(tokens[:, None], kv_cache=kv_cache)`` in eval mode, written out for the
+        one case that generation repeats hundreds of times. At batch 1 a step is a few dozen small operations,
+        so what each costs beyond its arithmetic shows: here the activations are rows (B, n_embd), the single
+        query needs no causal mask (it may look at every cached key), dropout (the identity in eval mode) is
+        left out, and the tokens are not checked (the model sampled them itself). The cache must already
+        hold the tokens before, as ``generate`` arranges: it fills the cache with ``forward`` first.
+        """
+        if self.training:  # dropout is on: only the general path applies it
+            return self(tokens[:, None], kv_cache=kv_cache)[0][:, -1]
+        position = kv_cache.length
+        if position >= self.config.block_size:
+            raise ValueError(
+                f"The KV cache is full ({position} tokens, the model's block_size); reset it and process the "
+                "most recent tokens again with forward()."
+            )
+        x = self.token_embedding(tokens)  # (B, n_embd)
+        if self.config.positional != "none":
+            x = x + self._position_vectors(position, 1)
+        B, C = x.shape
+        for block, layer_cache in zip(self.blocks, kv_cache.layers):
+            attn = block.attn
+            q, k, v = attn.qkv(block.ln_1(x)).view(B, 3, attn.n_head, 1, C // attn.n_head).unbind(1)
+            keys, values = layer_cache.append(k, v)  # (B, n_head, position + 1, head_size)
+            if attn.use_explicit_attention:
+                y = attn.attention_weights(q, keys, position) @ values
+            else:
+                y = F.scaled_dot_product_attention(q, keys, values)
+            x = x + attn.proj(y.view(B, C))  # (B, n_head, 1, head_size) holds the heads side by side
+            ffwd = block.ffwd
+            x = x + ffwd.proj(ffwd.gelu(ffwd.expand(block.ln_2(x))))
+        return self.lm_head(self.ln_f(x))
 
     @torch.no_grad()
     def attention_maps(self, idx: torch.Tensor) -> list[torch.Tensor]:

@@ -222,6 +222,37 @@ def test_kv_cache_gives_the_same_logits_as_a_full_forward(positional, attention)
     assert torch.allclose(torch.cat(pieces, dim=1), full_logits, atol=1e-5)
 
 
+@pytest.mark.parametrize("attention", ["fast", "explicit"])
+@pytest.mark.parametrize("positional", ["learned", "sinusoidal", "none"])
+def test_decode_step_gives_the_logits_of_the_general_cached_path(positional, attention):
+    config = tiny_config(positional=positional, attention=attention)
+    model = seeded_gpt(config).eval()
+    idx = random_tokens(config, batch=2)
+    full_logits, _ = model(idx)
+    cache, general_cache = model.new_kv_cache(), model.new_kv_cache()
+    model(idx[:, :3], kv_cache=cache)
+    model(idx[:, :3], kv_cache=general_cache)
+    for t in range(3, config.block_size):
+        logits = model.decode_step(idx[:, t], cache)
+        assert torch.equal(logits, model(idx[:, t : t + 1], kv_cache=general_cache)[0][:, -1])
+        assert torch.allclose(logits, full_logits[:, t], atol=1e-5)
+    assert cache.length == config.block_size
+    with pytest.raises(ValueError, match="KV cache is full"):
+        model.decode_step(idx[:, 0], cache)
+
+
+def test_decode_step_in_training_mode_applies_dropout():
+    config = tiny_config(dropout=0.5)
+    model = seeded_gpt(config).eval()
+    prompt = random_tokens(config, batch=1, length=3)
+    caches = [model.new_kv_cache(), model.new_kv_cache()]
+    for cache in caches:
+        model(prompt, kv_cache=cache)
+    model.train()
+    first, second = (model.decode_step(torch.tensor([4]), cache) for cache in caches)
+    assert not torch.equal(first, second)  # the same step twice, different dropout masks
+
+
 def test_kv_cache_reset_and_batch_change():
     config = tiny_config()
     model = seeded_gpt(config).eval()
