@@ -1,13 +1,15 @@
 """Generation speed with and without the KV cache at batch 1, and the cost of stop_at_text as texts grow.
 
-    python benchmarks/bench_generate.py                    # 4x256 block 512 and the cpu preset's shape
-    python benchmarks/bench_generate.py --threads 1        # steadier on a busy machine
+    python benchmarks/bench_generate.py                    # 4x256 block 512 and the cpu preset's shape, 1 and 2 threads
+    python benchmarks/bench_generate.py --threads 1        # one thread only: steadier on a busy machine
     python benchmarks/bench_generate.py --tokens 1000      # longer texts (the context slides past block_size)
     python benchmarks/bench_generate.py --checkpoint data/checkpoints/course_model.pt
 
 Without the cache every new token runs the model over the whole context again; with it, over one position.
 Both sample the same tokens for the same seed (checked on every run). The two are timed in turns, in one
-process, and the best of ``--rounds`` is kept, so that a busy machine disturbs the comparison less.
+process, and the best of ``--rounds`` is kept, so that a busy machine disturbs the comparison less. Each line
+also gives how many PyTorch operations one cached step runs (``aten::`` calls as the profiler counts them,
+nested ones included): at batch 1 their fixed cost per call, more than their arithmetic, sets the speed.
 
 ``stop_at_text`` is timed on its own, fed the new tokens the way ``generate`` feeds it, next to the obvious
 condition that decodes the whole text at every step: the first grows linearly with the length of the text,
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from ds9_utils.checkpoints import load_checkpoint
 from ds9_utils.generate import generate, stop_at_text
@@ -48,6 +51,18 @@ def timed_generate(model: GPT, new_tokens: int, use_cache: bool, device: str) ->
     return time.perf_counter() - started, out
 
 
+def torch_ops_per_token(model: GPT, device: str) -> float:
+    """PyTorch operations per cached generation step: two runs of different lengths, profiled, so that what
+    a call does once (the first forward pass, the set-up) cancels out. Both stay within the cpu preset's
+    block_size, so no refill of the cache is counted."""
+    counts = []
+    for new_tokens in (20, 100):
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            timed_generate(model, new_tokens, True, device)
+        counts.append(sum(event.name.startswith("aten::") for event in profiler.events()))
+    return (counts[1] - counts[0]) / 80
+
+
 def measure(name: str, model: GPT, new_tokens: int, device: str, rounds: int) -> None:
     model.to(device).eval()
     timed_generate(model, 20, True, device)  # warm-up: first calls pay for one-off allocations
@@ -61,7 +76,7 @@ def measure(name: str, model: GPT, new_tokens: int, device: str, rounds: int) ->
     cached, plain = new_tokens / best[True], new_tokens / best[False]
     print(
         f"{name:>22}: with cache {cached:6.0f} tokens/s, without {plain:6.0f} tokens/s, "
-        f"speed-up {cached / plain:5.1f}x, same tokens: {same}"
+        f"speed-up {cached / plain:5.1f}x, same tokens: {same}, {torch_ops_per_token(model, device):.0f} ops/token"
     )
     if not same:
         raise SystemExit("the cached and uncached paths sampled different tokens: that is a bug")
@@ -95,20 +110,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=500, help="new tokens to generate (default 500)")
     parser.add_argument("--rounds", type=int, default=3, help="timings of each kind; the best is kept (default 3)")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: PyTorch's choice)")
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=[1, 2], help="torch.set_num_threads, one run each (default 1 2)"
+    )
     parser.add_argument("--checkpoint", type=Path, help="time a trained model instead of the shapes below")
     parser.add_argument("--device", help="cpu, cuda or mps (default: the best available)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = args.device or choose_device()
-    print(
-        f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
-        f"{args.tokens} new tokens from a one-token prompt, batch 1, best of {args.rounds}"
-    )
-    if args.checkpoint:
-        measure(args.checkpoint.stem, load_checkpoint(args.checkpoint, device).model, args.tokens, device, args.rounds)
-    else:
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        print(
+            f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
+            f"{args.tokens} new tokens from a one-token prompt, batch 1, best of {args.rounds}"
+        )
+        if args.checkpoint:
+            model = load_checkpoint(args.checkpoint, device).model
+            measure(args.checkpoint.stem, model, args.tokens, device, args.rounds)
+            continue
         configs = {
             "4x256 block 512": GPTConfig(vocab_size=VOCAB_SIZE, **ISSUE_SHAPE),
             "cpu preset 4x192 b128": PRESETS["cpu"].gpt_config(VOCAB_SIZE),
