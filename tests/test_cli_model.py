@@ -43,6 +43,13 @@ def run_cli(*args: str, data_dir: Path, env: dict[str, str] | None = None) -> su
     )
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """Runs in the child before the command starts. Tests started in the background (``pytest &``) inherit
+    SIGINT ignored, as the shell arranges for background jobs, and a command that ignores Ctrl-C cannot show
+    what it does on Ctrl-C: give it the default, as a terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_cli(*args: str, data_dir: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     environment = {**os.environ, "DS9_DATA_DIR": str(data_dir), **(env or {})}
     return subprocess.Popen(
@@ -51,6 +58,7 @@ def start_cli(*args: str, data_dir: Path, env: dict[str, str] | None = None) -> 
         stderr=subprocess.PIPE,
         cwd=PROJECT_ROOT,
         env=environment,
+        preexec_fn=None if sys.platform == "win32" else _ctrl_c_as_in_a_terminal,
     )
 
 
@@ -64,7 +72,12 @@ def wait_for(condition, timeout: float = 300) -> None:
 def interrupt(process: subprocess.Popen) -> tuple[str, str]:
     """Press Ctrl-C: a real SIGINT, then everything the command printed."""
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=120)
+    try:
+        out, err = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()  # never leave it running after the test
+        process.communicate()
+        raise AssertionError("the command was still running 120 s after Ctrl-C") from None
     return out.decode(), err.decode()
 
 

@@ -516,6 +516,8 @@ def test_ctrl_c_while_streaming_keeps_the_pieces_and_the_model_mode():
             signal.raise_signal(signal.SIGINT)  # a real SIGINT, turned into KeyboardInterrupt by Python
 
     handle = model.lm_head.register_forward_hook(press_ctrl_c)  # runs once per step, cached or not
+    # Python's own Ctrl-C handler, even when the tests run in the background (`pytest &`), where SIGINT starts ignored
+    previous_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     pieces = []
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -523,6 +525,7 @@ def test_ctrl_c_while_streaming_keeps_the_pieces_and_the_model_mode():
                 pieces.append(piece)
     finally:
         handle.remove()
+        signal.signal(signal.SIGINT, previous_handler)
     assert len(pieces) == 11  # the twelfth step was interrupted
     assert full.startswith("ab" + "".join(pieces))
     assert model.training  # restored
