@@ -72,11 +72,12 @@ def positions_processed(prompt_length: int, new_tokens: int, use_cache: bool, bl
 
 
 def _measured_positions(prompt_length: int, new_tokens: int, use_cache: bool, block_size: int) -> int:
-    """The positions ds9_utils' generate really sends through a GPT, counted at the model's input."""
+    """The positions ds9_utils' generate really sends through a GPT, counted at the model's input: its token
+    embedding, which every path reads (a whole window in ``forward``, one token a row in ``decode_step``)."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=10, block_size=block_size, n_layer=1, n_head=1, n_embd=8)).eval()
     counted = []
-    model.register_forward_pre_hook(lambda module, args: counted.append(args[0].size(1)))
+    model.token_embedding.register_forward_pre_hook(lambda module, args: counted.append(args[0].numel()))  # batch 1
     generate(model, torch.zeros(1, prompt_length, dtype=torch.long), new_tokens, use_cache=use_cache)
     return sum(counted)
 
