@@ -19,24 +19,16 @@ import torch
 from .corpus import SCENE_SEPARATOR
 from .generate import generate_text, stop_at_text
 from .plots import plot_attention
+from .settings import in_notebook
 from .tokenizers import Tokenizer
 
 SAMPLING_PROMPT = "[Quark's]\nQUARK:"
 ATTENTION_LINE = "ODO: Where were you last night, Quark?"
 
 
-def _in_notebook_kernel() -> bool:
-    """True in a Jupyter kernel (JupyterLab, Colab, Kaggle, nbclient), where an output can be replaced."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    return getattr(get_ipython(), "kernel", None) is not None
-
-
 def live_controls_available() -> bool:
     """Whether an explorer can add live controls here: a notebook kernel with ipywidgets installed."""
-    return _in_notebook_kernel() and importlib.util.find_spec("ipywidgets") is not None
+    return in_notebook() and importlib.util.find_spec("ipywidgets") is not None
 
 
 def _show(rendering, handle=None):
@@ -44,7 +36,7 @@ def _show(rendering, handle=None):
 
     In a notebook a figure is shown as a PNG image (whatever matplotlib's backend) and closed, so that the
     notebook does not show it a second time at the end of the cell."""
-    if not _in_notebook_kernel():
+    if not in_notebook():
         if isinstance(rendering, str):
             print(rendering)
         return None
@@ -95,7 +87,7 @@ class Explorer:
         self.controls = make_controls(self.values)
         for name, control in self.controls.items():
             control.observe(lambda change, name=name: self._change(name, change["new"]), names="value")
-        if _in_notebook_kernel():
+        if in_notebook():
             from IPython.display import display
 
             display(ipywidgets.VBox(list(self.controls.values())))

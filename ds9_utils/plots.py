@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .settings import in_notebook
+
 #: How invisible characters are drawn on the axes.
 VISIBLE = {"\n": "⏎", " ": "·", "\t": "→", "\r": "␍"}
 
@@ -260,14 +262,10 @@ class LiveLossPlot:
 
     def __init__(self) -> None:
         self.handle = None
-        try:
-            from IPython import get_ipython
-            from IPython.display import Markdown, display
-        except ImportError:
+        if not in_notebook():  # a plain script or terminal IPython
             return
-        shell = get_ipython()
-        if shell is None or not hasattr(shell, "kernel"):  # a plain script or terminal IPython
-            return
+        from IPython.display import Markdown, display
+
         self.handle = display(Markdown("*the loss curves appear after the first evaluation*"), display_id=True)
 
     def update(self, history: dict[str, list]) -> None:

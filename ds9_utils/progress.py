@@ -10,11 +10,12 @@ in place (a display with an id): while the cell runs it moves, and the saved not
 from __future__ import annotations
 
 import io
-import sys
 from collections.abc import Iterable
 from typing import Any
 
 from tqdm.std import tqdm
+
+from .settings import in_notebook
 
 
 class _NoTerminal(io.TextIOBase):
@@ -45,16 +46,6 @@ class NotebookLineBar(tqdm):
         else:
             self._handle.update(line, raw=True)
         return True
-
-
-def in_notebook() -> bool:
-    """True inside a Jupyter kernel (JupyterLab, Colab, Kaggle, nbconvert, nbval); False in a terminal or IPython."""
-    if "IPython" not in sys.modules:  # never imported: certainly no kernel, and importing it would cost time
-        return False
-    from IPython import get_ipython
-
-    shell = get_ipython()
-    return shell is not None and "IPKernelApp" in shell.config
 
 
 def progress_bar(iterable: Iterable | None = None, **kwargs: Any) -> tqdm:

@@ -1,4 +1,5 @@
-"""The one place that decides where data lives, which device we train on, and whether we run in quick mode.
+"""The one place that decides where data lives, which device we train on, whether we run in quick mode, and
+whether we run in a notebook.
 
 Everything else in ds9_utils (and every notebook) asks these functions instead of reading the environment
 itself, so a user can move the data with ``DS9_DATA_DIR`` or shrink every experiment with ``DS9_QUICK=1``.
@@ -7,6 +8,7 @@ itself, so a user can move the data with ``DS9_DATA_DIR`` or shrink every experi
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 DEFAULT_BASE_URL = "http://www.chakoteya.net/"
@@ -84,6 +86,16 @@ def quick_mode() -> bool:
             f"or one of {', '.join(off)} (or leave it unset) for the full runs"
         )
     return value in on
+
+
+def in_notebook() -> bool:
+    """True in a Jupyter kernel (JupyterLab, Colab, Kaggle, nbconvert, nbval), where an output can be replaced in
+    place; False in a script, a terminal or terminal IPython."""
+    if "IPython" not in sys.modules:  # never imported: certainly no kernel, and importing it would cost time
+        return False
+    from IPython import get_ipython
+
+    return getattr(get_ipython(), "kernel", None) is not None
 
 
 def _mps_available() -> bool:

@@ -10,7 +10,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from ds9_utils.progress import in_notebook, progress_bar
+from ds9_utils.progress import progress_bar
+from ds9_utils.settings import in_notebook
 
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
@@ -87,7 +88,7 @@ def test_disabled_bars_show_nothing_in_a_notebook():
 
 
 def test_a_terminal_gets_tqdm_on_standard_error():
-    script = "from ds9_utils.progress import in_notebook, progress_bar\n"
+    script = "from ds9_utils.progress import progress_bar\nfrom ds9_utils.settings import in_notebook\n"
     script += "print(in_notebook())\n"
     script += "for _ in progress_bar(range(7), desc='pages'): pass\n"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
@@ -99,3 +100,8 @@ def test_a_terminal_gets_tqdm_on_standard_error():
 def test_the_bar_yields_every_item_in_order(items):
     assert not in_notebook()
     assert list(progress_bar(items, disable=False)) == items
+
+
+def test_a_kernel_knows_it_is_a_notebook():
+    (cell,) = run_in_kernel("from ds9_utils.settings import in_notebook\nprint(in_notebook())")
+    assert texts(cell) == ["True\n"]
