@@ -41,7 +41,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from .corpus import SPLIT_NAMES, load_episodes, normalise_characters, render_line
+from .corpus import SCENE_SEPARATOR, SPLIT_NAMES, load_episodes, normalise_characters, render_line
 from .evaluate import SPEAKER_LINE
 from .files import load_torch, save_torch
 from .model import GPT
@@ -73,7 +73,7 @@ def character_text(episodes: Iterable[Episode], speaker: str) -> str:
             lines = [render_line(line) for line in scene.lines if line.kind == "dialogue" and line.speaker == speaker]
             if lines:
                 blocks.append("\n".join(lines))
-    return normalise_characters("\n\n".join(blocks)) + "\n" if blocks else ""
+    return normalise_characters(SCENE_SEPARATOR.join(blocks)) + "\n" if blocks else ""
 
 
 def character_split(speaker: str, corpus_dir: Path | None = None) -> dict[str, str]:
@@ -103,17 +103,17 @@ def sample_scenes(text: str, n_chars: int, seed: int = 0) -> str:
     Drawn from the whole text, not its first pages (one episode's opening is not everyone's lines), and kept
     whole, so each keeps its speakers in order. The same ``seed`` draws the same scenes.
     """
-    scenes = [scene for scene in text.split("\n\n") if scene.strip()]
+    scenes = [scene for scene in text.split(SCENE_SEPARATOR) if scene.strip()]
     random.Random(seed).shuffle(scenes)
     chosen, size = [], 0
     for scene in scenes:
         if size >= n_chars:
             break
         chosen.append(scene)
-        size += len(scene) + 2
+        size += len(scene) + len(SCENE_SEPARATOR)
     if size < n_chars:
         raise ValueError(f"the text has {size:,} characters in scenes, fewer than the {n_chars:,} asked for")
-    return "\n\n".join(chosen) + "\n" if chosen else ""
+    return SCENE_SEPARATOR.join(chosen) + "\n" if chosen else ""
 
 
 def mix_general_lines(character_text: str, general_text: str, general_share: float, seed: int = 0) -> str:
@@ -128,7 +128,7 @@ def mix_general_lines(character_text: str, general_text: str, general_share: flo
     wanted = round(len(character_text) * general_share / (1 - general_share))
     if not wanted:
         return character_text
-    return character_text.rstrip("\n") + "\n\n" + sample_scenes(general_text, wanted, seed)
+    return character_text.rstrip("\n") + SCENE_SEPARATOR + sample_scenes(general_text, wanted, seed)
 
 
 def spoken_mask(text: str, *, exclude: str | None = None) -> torch.Tensor:

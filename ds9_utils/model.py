@@ -449,8 +449,7 @@ class GPT(nn.Module):
             else:
                 y = F.scaled_dot_product_attention(q, keys, values)
             x = x + attn.proj(y.view(B, C))  # (B, n_head, 1, head_size) holds the heads side by side
-            ffwd = block.ffwd
-            x = x + ffwd.proj(ffwd.gelu(ffwd.expand(block.ln_2(x))))
+            x = x + block.ffwd(block.ln_2(x))  # works on rows as on sequences; its dropout is off in eval mode
         return self.lm_head(self.ln_f(x))
 
     @torch.no_grad()
