@@ -4,8 +4,9 @@
     python benchmarks/bench_quality.py --text input.txt --nanogpt /path/to/nanoGPT --rounds 2   # ABBA order
 
 Ours is exactly what a user runs, ``python -m ds9_utils train --text FILE --max-seconds S`` with its defaults,
-in a subprocess. nanoGPT's is its CPU run of shakespeare-char (4 layers, 4 heads, 128 wide, block 64, batch 12,
-no dropout, float32, no compile) with AdamW at 1e-3, 100 warm-up steps and a cosine to 1e-4 laid over the same
+in a subprocess (on a CPU it picks the preset made for the budget: ``brief`` for 120 s, see ``ds9_utils.presets``).
+nanoGPT's is its CPU run of shakespeare-char (4 layers, 4 heads, 128 wide, block 64, batch 12, no dropout,
+float32, no compile) with AdamW at 1e-3, 100 warm-up steps and a cosine to 1e-4 laid over the same
 S seconds, so it too ends annealed. Both models are then measured by the same function on the same held-out
 text (the last 10% of the file, which neither trained on): the mean loss over a fixed set of 200 batches of
 random windows (float32, each model at its own context length). The machine's load changes both runs'

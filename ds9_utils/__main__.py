@@ -139,7 +139,8 @@ def add_training_arguments(
     parser.add_argument(
         "--preset",
         choices=list(PRESETS),
-        help="model and recipe (default: quick in quick mode, gpu on CUDA, otherwise cpu)",
+        help="model and recipe (default: quick in quick mode, gpu on CUDA, otherwise cpu; with --max-seconds on a "
+        "CPU, the one made for the largest budget that fits in it)",
     )
     parser.add_argument("--text", type=Path, help="train on this UTF-8 file, split 90/10, instead of DS9")
     parser.add_argument("--max-steps", type=whole_number(1), help="stop after this many steps (default: the preset's)")
@@ -198,7 +199,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .settings import checkpoints_dir, resolve_device
 
     device = resolve_device()  # a bad DS9_DEVICE is reported before anything is downloaded or built
-    preset = args.preset or default_preset(device)
+    preset = args.preset or default_preset(device, args.max_seconds)
     if args.out is not None:
         out = args.out
     elif args.text is None:
@@ -227,10 +228,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise Interrupted("interrupted before the first checkpoint was written; run the same command again") from None
     print(
         f"validation loss {result.val_loss:.4f} nats = {result.val_bpc:.4f} bits per character after "
-        f"{result.steps} steps ({result.stop_reason}); checkpoint: {out}"
+        f"{result.steps} steps ({result.stop_reason}) of the {preset!r} preset; checkpoint: {out}"
     )
     _print_json(
         {
+            "preset": preset,
             "val_loss": result.val_loss,
             "val_bpc": result.val_bpc,
             "steps": result.steps,

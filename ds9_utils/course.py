@@ -140,7 +140,7 @@ def train_course_model(
     """
     parallel = parallel or SingleProcess()
     device = resolve_device(getattr(parallel, "device", None) or device)
-    preset = preset or default_preset(device)
+    preset = preset or default_preset(device, max_seconds)
     config = run_config(preset, max_steps, device, max_seconds)
     data = data or load_course_data()
     set_seed(config.seed)

@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     with process_group(device) as parallel:
         _, result = train_preset(
             data,
-            args.preset or default_preset(device),
+            args.preset or default_preset(device, args.max_seconds),
             args.out,
             parallel=parallel,
             max_steps=args.max_steps,

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ds9_utils.presets import PRESETS
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_LINES = [
     "[Wardroom]",
@@ -124,6 +126,21 @@ def test_train_prints_a_json_summary_and_writes_a_loadable_checkpoint(trained):
     assert summary["tokens_per_second"] > 0
     raw = torch.load(out, weights_only=True)
     assert raw["step"] == 30 and raw["tokenizer"]["type"] == "char"
+
+
+def test_a_short_time_budget_trains_the_preset_made_for_it(text_file, tmp_path):
+    """Outside quick mode, `train --max-seconds` on a CPU picks the model sized for the budget, not the course's."""
+    out = tmp_path / "brief.pt"
+    result = run_cli(
+        "train", "--text", str(text_file), "--max-seconds", "2", "--out", str(out),
+        data_dir=tmp_path, env={"DS9_QUICK": "0", "DS9_DEVICE": "cpu"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = last_json(result.stdout)
+    assert summary["preset"] == "brief" and "of the 'brief' preset" in result.stdout
+    saved = torch.load(out, weights_only=True)
+    assert saved["model_config"]["n_layer"] == PRESETS["brief"].model_kwargs["n_layer"]
+    assert saved["train_config"]["max_seconds"] == 2.0
 
 
 def test_train_refuses_to_overwrite_a_run_without_resume(trained, text_file, tmp_path):

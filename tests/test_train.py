@@ -28,6 +28,7 @@ from ds9_utils.precision import (
 from ds9_utils.presets import PRESETS, default_preset
 from ds9_utils.tokenizers import CharTokenizer
 from ds9_utils.train import (
+    WARMUP_SHARE,
     SingleProcess,
     TrainConfig,
     configure_optimizer,
@@ -139,7 +140,17 @@ def test_presets_build_configs_and_default_follows_device(monkeypatch):
     monkeypatch.delenv("DS9_QUICK", raising=False)
     assert default_preset("cuda") == "gpu" and default_preset("cpu") == "cpu" and default_preset("mps") == "cpu"
     monkeypatch.setenv("DS9_QUICK", "1")
-    assert default_preset("cuda") == "quick"
+    assert default_preset("cuda") == "quick" and default_preset("cpu", max_seconds=120) == "quick"
+
+
+def test_a_time_budget_on_a_cpu_picks_the_preset_made_for_it(monkeypatch):
+    monkeypatch.delenv("DS9_QUICK", raising=False)
+    brief, course = (PRESETS[name].train_config.max_seconds for name in ("brief", "cpu"))
+    assert brief < course
+    for seconds, expected in [(10, "brief"), (brief, "brief"), (course - 1, "brief"), (course, "cpu"), (7200, "cpu")]:
+        assert default_preset("cpu", max_seconds=seconds) == expected, seconds
+    assert default_preset("cuda", max_seconds=60) == "gpu", "a GPU trains its own preset in any budget"
+    assert default_preset("cpu") == "cpu", "no budget: the course model"
 
 
 def test_train_config_rejects_nonsense():
@@ -366,7 +377,7 @@ def test_resume_without_a_checkpoint_starts_fresh_and_rejects_another_model(tmp_
 
 def test_time_budget_schedule_warms_up_in_steps_and_decays_over_the_seconds():
     cfg = TrainConfig(max_steps=10**9, max_seconds=100.0, warmup_steps=10, learning_rate=1e-3, min_lr=1e-4)
-    warmup = [lr_at(step, cfg, elapsed=1.0) for step in range(10)]
+    warmup = [lr_at(step, cfg, elapsed=0.1 * step) for step in range(10)]  # a fast machine: 10 steps in 1 s
     assert all(b > a for a, b in zip(warmup, warmup[1:])) and warmup[-1] == pytest.approx(cfg.learning_rate)
     assert lr_at(10, cfg, elapsed=0.0) == pytest.approx(cfg.learning_rate)
     assert lr_at(10, cfg, elapsed=50.0) == pytest.approx((cfg.learning_rate + cfg.min_lr) / 2)
@@ -374,6 +385,19 @@ def test_time_budget_schedule_warms_up_in_steps_and_decays_over_the_seconds():
     decay = [lr_at(50, cfg, elapsed=float(t)) for t in range(101)]
     assert all(b < a for a, b in zip(decay, decay[1:])) and decay[-1] == pytest.approx(cfg.min_lr)
     assert lr_at(50, cfg, elapsed=150.0) == cfg.min_lr, "past the budget the rate stays at its floor"
+
+
+def test_time_budget_warm_up_takes_at_most_its_share_of_the_budget():
+    """On a slow machine the warm-up ends by the clock: 100 steps must not eat half of a short budget."""
+    cfg = TrainConfig(max_steps=10**9, max_seconds=120.0, warmup_steps=100, learning_rate=1e-3, min_lr=1e-4)
+    share = WARMUP_SHARE * cfg.max_seconds
+    assert lr_at(5, cfg, elapsed=share / 2) == pytest.approx(cfg.learning_rate / 2), "half the share: half the rate"
+    assert lr_at(5, cfg, elapsed=share / 4) == pytest.approx(cfg.learning_rate / 4)
+    assert lr_at(5, cfg, elapsed=share + 1) == lr_at(10_000, cfg, elapsed=share + 1), "then the cosine"
+    assert 0.99 * cfg.learning_rate < lr_at(5, cfg, elapsed=share + 1) < cfg.learning_rate
+    assert lr_at(50, cfg, elapsed=0.5) == pytest.approx(cfg.learning_rate * 51 / 100), "steps still count"
+    untimed = replace(cfg, max_seconds=None, max_steps=1000)
+    assert lr_at(5, untimed, elapsed=1e6) == pytest.approx(cfg.learning_rate * 6 / 100), "without a budget: steps"
 
 
 class SteadyClock:
