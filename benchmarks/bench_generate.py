@@ -127,9 +127,10 @@ def main() -> None:
             model = load_checkpoint(args.checkpoint, device).model
             measure(args.checkpoint.stem, model, args.tokens, device, args.rounds)
             continue
+        course = PRESETS["cpu"].gpt_config(VOCAB_SIZE)
         configs = {
             "4x256 block 512": GPTConfig(vocab_size=VOCAB_SIZE, **ISSUE_SHAPE),
-            "cpu preset 4x192 b128": PRESETS["cpu"].gpt_config(VOCAB_SIZE),
+            f"cpu preset {course.n_layer}x{course.n_embd} b{course.block_size}": course,
         }
         for name, config in configs.items():
             torch.manual_seed(0)
