@@ -133,13 +133,9 @@ def default_preset(device: str | None = None, max_seconds: float | None = None) 
         return "gpu"
     if max_seconds is None:
         return COURSE_PRESET
-    budgeted = sorted((p for p in PRESETS.values() if p.train_config.max_seconds), key=_budget)
-    fitting = [preset for preset in budgeted if _budget(preset) <= max_seconds]
-    return (fitting[-1] if fitting else budgeted[0]).name
-
-
-def _budget(preset: Preset) -> float:
-    return preset.train_config.max_seconds or 0.0
+    budgets = sorted((p.train_config.max_seconds, p.name) for p in PRESETS.values() if p.train_config.max_seconds)
+    fitting = [name for seconds, name in budgets if seconds <= max_seconds]
+    return fitting[-1] if fitting else budgets[0][1]
 
 
 def course_preset() -> str:
