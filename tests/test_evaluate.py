@@ -200,6 +200,18 @@ def test_token_losses_with_stride_one_is_the_full_context_score():
         assert losses[j].item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
 
 
+def test_token_losses_by_default_give_every_prediction_half_a_window_of_context():
+    """The default stride is fair to the model: past the first window, each prediction sees >= block_size / 2."""
+    model = tiny_gpt(block_size=8)
+    tokens = torch.randint(0, 11, (50,), generator=torch.Generator().manual_seed(2))
+    default = token_losses(model, tokens, block_size=8)
+    assert torch.equal(default, token_losses(model, tokens, block_size=8, stride=4))
+    assert not torch.allclose(default, token_losses(model, tokens, block_size=8, stride=8))
+    for j in range(8, len(tokens) - 1):  # predict tokens[j + 1] from the window the default scored it in
+        starts = [start for start, skip in _score_windows(len(tokens) - 1, 8, 4) if start + skip <= j < start + 8]
+        assert len(starts) == 1 and j - starts[0] + 1 >= 4
+
+
 def test_bits_per_character_of_an_untrained_bigram_is_about_log2_vocab():
     model = BigramLanguageModel(20)
     torch.nn.init.zeros_(model.token_embedding_table.weight)  # uniform predictions
