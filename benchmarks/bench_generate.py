@@ -9,7 +9,10 @@ Without the cache every new token runs the model over the whole context again; w
 Both sample the same tokens for the same seed (checked on every run). The two are timed in turns, in one
 process, and the best of ``--rounds`` is kept, so that a busy machine disturbs the comparison less. Each line
 also gives how many PyTorch operations one cached step runs (``aten::`` calls as the profiler counts them,
-nested ones included): at batch 1 their fixed cost per call, more than their arithmetic, sets the speed.
+nested ones included), and the ceiling the weights set: one matrix-vector product per layer with the model's
+own weights and nothing else (``weights_alone_tokens_per_second``). At batch 1 a step costs its operations'
+fixed cost per call plus the time to read every weight once; once the weights outgrow the caches, no decode
+step in that precision gets past the second.
 
 ``stop_at_text`` is timed on its own, fed the new tokens the way ``generate`` feeds it, next to the obvious
 condition that decodes the whole text at every step: the first grows linearly with the length of the text,
@@ -63,6 +66,33 @@ def torch_ops_per_token(model: GPT, device: str) -> float:
     return (counts[1] - counts[0]) / 80
 
 
+@torch.inference_mode()
+def weights_alone_tokens_per_second(model: GPT, rounds: int) -> float:
+    """The ceiling the weights set: tokens/s of nothing but one matrix-vector product per ``Linear`` of the
+    model (every block's four and the output layer), at batch 1, with the model's own weight tensors.
+
+    A generated token must read every weight once. When the weights outgrow the processor's caches (4x256 is
+    about 13 MB in float32) that read, not the arithmetic or Python, sets the pace: no decode step can beat
+    this number on the machine it was measured on, in this precision.
+    """
+    weights = [module.weight for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    inputs = [torch.randn(1, weight.size(1), device=weight.device, dtype=weight.dtype) for weight in weights]
+
+    def one_token() -> None:
+        for x, weight in zip(inputs, weights):
+            torch.nn.functional.linear(x, weight)
+
+    for _ in range(20):
+        one_token()
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(200):
+            one_token()
+        best = min(best, (time.perf_counter() - started) / 200)
+    return 1 / best
+
+
 def measure(name: str, model: GPT, new_tokens: int, device: str, rounds: int) -> None:
     model.to(device).eval()
     timed_generate(model, 20, True, device)  # warm-up: first calls pay for one-off allocations
@@ -76,7 +106,8 @@ def measure(name: str, model: GPT, new_tokens: int, device: str, rounds: int) ->
     cached, plain = new_tokens / best[True], new_tokens / best[False]
     print(
         f"{name:>22}: with cache {cached:6.0f} tokens/s, without {plain:6.0f} tokens/s, "
-        f"speed-up {cached / plain:5.1f}x, same tokens: {same}, {torch_ops_per_token(model, device):.0f} ops/token"
+        f"speed-up {cached / plain:5.1f}x, same tokens: {same}, {torch_ops_per_token(model, device):.0f} ops/token; "
+        f"the weights alone {weights_alone_tokens_per_second(model, rounds):6.0f} tokens/s"
     )
     if not same:
         raise SystemExit("the cached and uncached paths sampled different tokens: that is a bug")
