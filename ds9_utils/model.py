@@ -23,15 +23,28 @@ POSITIONAL_OPTIONS = ("learned", "sinusoidal", "none")
 ATTENTION_OPTIONS = ("fast", "explicit")
 
 
-def _check_token_ids(idx: torch.Tensor, vocab_size: int) -> None:
+def check_token_ids(idx: torch.Tensor, vocab_size: int, what: str = "Token ids") -> None:
     """Raise one clear error for token ids that have no row in the embedding table, instead of PyTorch's
-    IndexError (or, on a GPU, a device-side assert). One min/max over the whole batch."""
+    IndexError (or, on a GPU, a device-side assert). One min/max over the whole batch.
+
+    Skipped inside ``torch.compile``: reading the min and max back is a graph break (the compiled model falls
+    apart into two graphs) and, on a GPU, a wait for the device at every step. ``train`` checks its data once,
+    before the first step, instead.
+    """
+    if _compiling():
+        return
     low, high = (int(value) for value in torch.aminmax(idx))
     if low < 0 or high >= vocab_size:
         raise ValueError(
-            f"Token ids must be in 0..{vocab_size - 1} (the model's vocabulary), got ids from {low} to {high}; "
+            f"{what} must be in 0..{vocab_size - 1} (the model's vocabulary), got ids from {low} to {high}; "
             "encode the text with the tokenizer the model was trained with."
         )
+
+
+def _compiling() -> bool:
+    """True while ``torch.compile`` traces the code (PyTorch 2.3 and later can tell; before, always False)."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling and is_compiling())
 
 
 class BigramLanguageModel(nn.Module):
@@ -50,7 +63,7 @@ class BigramLanguageModel(nn.Module):
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab_size) for every position, and the cross-entropy loss when targets are given."""
-        _check_token_ids(idx, self.token_embedding_table.num_embeddings)
+        check_token_ids(idx, self.token_embedding_table.num_embeddings)
         logits = self.token_embedding_table(idx)
         loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         return logits, loss
@@ -374,7 +387,7 @@ class GPT(nn.Module):
                 f"Cannot process {T} tokens{cached}: the model's block_size is {self.config.block_size}. "
                 "Crop the input to the last block_size tokens (idx[:, -block_size:]) or reset the KV cache."
             )
-        _check_token_ids(idx, self.config.vocab_size)
+        check_token_ids(idx, self.config.vocab_size)
         x = self.token_embedding(idx)
         if self.config.positional != "none":
             x = x + self._position_vectors(past_length, T)

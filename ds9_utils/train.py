@@ -30,7 +30,7 @@ from torch import Tensor
 
 from . import precision
 from .checkpoints import read_resumable_checkpoint, restore_rng_states, save_checkpoint
-from .model import GPT
+from .model import GPT, check_token_ids
 from .plots import LiveLossPlot
 from .progress import progress_bar
 from .settings import resolve_device
@@ -327,6 +327,9 @@ def train(
     device = resolve_device(cfg.device)
     train_data = _as_token_tensor(train_data, "train_data")
     val_data = _as_token_tensor(val_data, "val_data")
+    for name, data in (("train_data", train_data), ("val_data", val_data)):
+        if data.numel():  # once, here: a compiled step does not check its batches (see check_token_ids)
+            check_token_ids(data, model.config.vocab_size, what=f"{name}'s token ids")
     block_size = model.config.block_size
     model.to(device)
     model.train()

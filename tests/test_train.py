@@ -509,6 +509,27 @@ def test_compile_choice_env_first_then_config_then_only_big_models_on_cuda(monke
     assert should_compile("cpu", tiny)
 
 
+def test_token_ids_outside_the_vocabulary_stop_training_before_the_first_step(tmp_path):
+    """A compiled step does not check its batches, so train() checks the data once, up front, and says which."""
+    bad_train = torch.cat([TRAIN_DATA, torch.tensor([TOKENIZER.vocab_size + 3])])
+    checkpoint = tmp_path / "run.pt"
+    for train_data, val_data, name in ((bad_train, VAL_DATA, "train_data"), (TRAIN_DATA, -VAL_DATA - 1, "val_data")):
+        with pytest.raises(ValueError, match=rf"^{name}'s token ids must be in 0\.\.{TOKENIZER.vocab_size - 1} "):
+            train(tiny_model(), train_data, val_data, tiny_config(max_steps=2), checkpoint_path=checkpoint)
+    assert not checkpoint.exists(), "nothing was trained or written"
+
+
+@pytest.mark.skipif(not hasattr(torch.compiler, "is_compiling"), reason="PyTorch 2.3 or later tells when it compiles")
+def test_the_compiled_model_is_one_graph():
+    """No graph break: the token check that reads numbers back is left out while compiling."""
+    model = tiny_model(dropout=0.0)
+    x, y = get_batch(TRAIN_DATA, model.config.block_size, 4, torch.Generator().manual_seed(0))
+    explanation = torch._dynamo.explain(model)(x, y)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1, explanation.break_reasons
+    with pytest.raises(ValueError, match="Token ids must be in"):  # eager calls still check
+        model(x + TOKENIZER.vocab_size)
+
+
 def test_a_model_that_fails_to_compile_trains_without_compiling(monkeypatch):
     """A compiler that fails (no C++ compiler, no Triton...) costs a warning, never the run."""
     real_compile = torch.compile
