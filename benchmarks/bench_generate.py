@@ -10,9 +10,9 @@ Both sample the same tokens for the same seed (checked on every run). The two ar
 process, and the best of ``--rounds`` is kept, so that a busy machine disturbs the comparison less. Each line
 also gives how many PyTorch operations one cached step runs (``aten::`` calls as the profiler counts them,
 nested ones included), and the ceiling the weights set: one matrix-vector product per layer with the model's
-own weights and nothing else (``weights_alone_tokens_per_second``). At batch 1 a step costs its operations'
-fixed cost per call plus the time to read every weight once; once the weights outgrow the caches, no decode
-step in that precision gets past the second.
+own weights and nothing else (``weights_alone_tokens_per_second``), in float32 and in the two 16-bit formats.
+At batch 1 a step costs its operations' fixed cost per call plus the time to read every weight once; once the
+weights outgrow the caches, no decode step in that precision gets past the second.
 
 ``stop_at_text`` is timed on its own, fed the new tokens the way ``generate`` feeds it, next to the obvious
 condition that decodes the whole text at every step: the first grows linearly with the length of the text,
@@ -39,6 +39,7 @@ from ds9_utils.tokenizers import CharTokenizer
 VOCAB_SIZE = 81  # the DS9 corpus's characters
 ISSUE_SHAPE = dict(block_size=512, n_layer=4, n_head=4, n_embd=256)  # the shape the speed target is set for
 STOP_LENGTHS = (2000, 4000, 8000)
+WEIGHT_FORMATS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def timed_generate(model: GPT, new_tokens: int, use_cache: bool, device: str) -> tuple[float, torch.Tensor]:
@@ -67,15 +68,16 @@ def torch_ops_per_token(model: GPT, device: str) -> float:
 
 
 @torch.inference_mode()
-def weights_alone_tokens_per_second(model: GPT, rounds: int) -> float:
+def weights_alone_tokens_per_second(model: GPT, rounds: int, dtype: torch.dtype = torch.float32) -> float:
     """The ceiling the weights set: tokens/s of nothing but one matrix-vector product per ``Linear`` of the
-    model (every block's four and the output layer), at batch 1, with the model's own weight tensors.
+    model (every block's four and the output layer), at batch 1, with the model's own weights in ``dtype``.
 
     A generated token must read every weight once. When the weights outgrow the processor's caches (4x256 is
     about 13 MB in float32) that read, not the arithmetic or Python, sets the pace: no decode step can beat
-    this number on the machine it was measured on, in this precision.
+    this number on the machine it was measured on, in this precision. 16-bit weights halve the bytes to read,
+    which helps only where the processor multiplies them about as fast as float32.
     """
-    weights = [module.weight for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    weights = [module.weight.to(dtype) for module in model.modules() if isinstance(module, torch.nn.Linear)]
     inputs = [torch.randn(1, weight.size(1), device=weight.device, dtype=weight.dtype) for weight in weights]
 
     on_cuda = weights[0].is_cuda  # GPU work is queued: wait for it before reading the clock
@@ -113,7 +115,11 @@ def measure(name: str, model: GPT, new_tokens: int, device: str, rounds: int) ->
     print(
         f"{name:>22}: with cache {cached:6.0f} tokens/s, without {plain:6.0f} tokens/s, "
         f"speed-up {cached / plain:5.1f}x, same tokens: {same}, {torch_ops_per_token(model, device):.0f} ops/token; "
-        f"the weights alone {weights_alone_tokens_per_second(model, rounds):6.0f} tokens/s"
+        "the weights alone "
+        + ", ".join(
+            f"{weights_alone_tokens_per_second(model, rounds, dtype):6.0f} tokens/s in {name}"
+            for name, dtype in WEIGHT_FORMATS.items()
+        )
     )
     if not same:
         raise SystemExit("the cached and uncached paths sampled different tokens: that is a bug")
