@@ -117,8 +117,8 @@ def measure(name: str, model: GPT, new_tokens: int, device: str, rounds: int) ->
         f"speed-up {cached / plain:5.1f}x, same tokens: {same}, {torch_ops_per_token(model, device):.0f} ops/token; "
         "the weights alone "
         + ", ".join(
-            f"{weights_alone_tokens_per_second(model, rounds, dtype):6.0f} tokens/s in {name}"
-            for name, dtype in WEIGHT_FORMATS.items()
+            f"{weights_alone_tokens_per_second(model, rounds, dtype):6.0f} tokens/s in {format_name}"
+            for format_name, dtype in WEIGHT_FORMATS.items()
         )
     )
     if not same:
