@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 
 from ds9_utils.model import GPT, GPTConfig
+from ds9_utils.optim import configure_optimizer
 from ds9_utils.precision import autocast, device_precision, grad_scaler, should_compile
-from ds9_utils.train import TrainConfig, configure_optimizer
+from ds9_utils.train_config import TrainConfig
 
 VOCAB_SIZE = 65  # tiny Shakespeare's characters; the DS9 corpus has 81
 SHAPES = {

@@ -30,7 +30,8 @@ import torch
 
 from ds9_utils.checkpoints import load_checkpoint
 from ds9_utils.course import text_file_data
-from ds9_utils.train import bits_per_char, estimate_loss, get_batch
+from ds9_utils.evaluate import bits_per_char
+from ds9_utils.train import estimate_loss, get_batch
 
 NANOGPT_SHAPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False)
 NANOGPT_RECIPE = dict(batch_size=12, learning_rate=1e-3, min_lr=1e-4, warmup_steps=100, weight_decay=0.1)

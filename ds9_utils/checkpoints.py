@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -19,9 +19,7 @@ from . import tokenizers
 from .files import load_torch, save_torch
 from .model import GPT, GPTConfig
 from .settings import resolve_device
-
-if TYPE_CHECKING:
-    from .train import TrainConfig
+from .train_config import TrainConfig
 
 CHECKPOINT_FORMAT = "ds9_utils-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -137,6 +135,14 @@ def _model_from(path: str | Path, raw: dict[str, Any]) -> GPT:
     return model
 
 
+def _saved_model_config(raw: dict[str, Any]) -> GPTConfig | None:
+    """The checkpoint's model config, with the defaults for options added since it was written; None if invalid."""
+    try:
+        return GPTConfig(**raw["model_config"])
+    except (TypeError, ValueError):
+        return None
+
+
 def tokenizer_from_dict(class_name: str | None, data: dict | None) -> Any:
     if data is None:
         return None
@@ -152,8 +158,6 @@ def load_checkpoint(path: str | Path, device: str | None = None) -> Checkpoint:
     The device is checked first (``settings.resolve_device``), so a device this machine lacks is reported as
     such, not as a broken file.
     """
-    from .train import TrainConfig  # train imports this module for its loop
-
     device = resolve_device(device)
     raw = read_checkpoint(path, map_location=device)
     model = _model_from(path, raw).to(device).eval()
@@ -178,7 +182,7 @@ def read_resumable_checkpoint(path: str | Path, model: GPT, tokenizer: Any = Non
     """
     raw = read_checkpoint(path, map_location="cpu")
     start_afresh = "or write the new run to another file (--out, checkpoint_path)"
-    if raw["model_config"] != asdict(model.config):
+    if _saved_model_config(raw) != model.config:
         raise ValueError(
             f"the checkpoint at {path} is for a different model ({raw['model_config']}): continue it with the "
             f"preset (model config) that trained it, {start_afresh}"

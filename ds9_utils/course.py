@@ -25,7 +25,8 @@ from .model import GPT
 from .presets import COURSE_PRESET, course_preset, default_preset, fallback_preset, get_preset
 from .settings import checkpoints_dir, resolve_device
 from .tokenizers import CharTokenizer
-from .train import SingleProcess, TrainConfig, TrainResult, set_seed, train
+from .train import SingleProcess, TrainResult, set_seed, train
+from .train_config import TrainConfig
 
 COURSE_CHECKPOINT = "course_model.pt"
 
@@ -127,6 +128,7 @@ def train_course_model(
     max_steps: int | None = None,
     max_seconds: float | None = None,
     device: str | None = None,
+    seed: int | None = None,
     progress: bool = True,
     live_plot: bool = False,
     callback: Callable[[int, dict[str, float]], bool | None] | None = None,
@@ -135,13 +137,17 @@ def train_course_model(
     """Train a GPT with a preset's recipe (default: the one that suits this machine) and checkpoint it.
 
     With ``resume`` (the default) an interrupted run continues from its checkpoint, and a finished one is
-    loaded as it is. ``max_steps`` and ``max_seconds`` bound the run (see ``run_config``). ``parallel`` makes
-    this call one rank of a data-parallel run (``ds9_utils.distributed``), on the device that rank was given.
+    loaded as it is. ``max_steps`` and ``max_seconds`` bound the run (see ``run_config``); ``seed`` (default: the
+    preset's) sets the initial weights and the batches, so runs that differ only by it show the spread.
+    ``parallel`` makes this call one rank of a data-parallel run (``ds9_utils.distributed``), on the device that
+    rank was given.
     """
     parallel = parallel or SingleProcess()
     device = resolve_device(getattr(parallel, "device", None) or device)
     preset = preset or default_preset(device, max_seconds)
     config = run_config(preset, max_steps, device, max_seconds)
+    if seed is not None:
+        config = replace(config, seed=seed)
     data = data or load_course_data()
     set_seed(config.seed)
     model = GPT(get_preset(preset).gpt_config(data.tokenizer.vocab_size))  # the same weights on every rank

@@ -958,3 +958,305 @@ BY_CHAPTER = {
     "14": rlhf_loop,
     "15": data_parallel,
 }
+
+
+# --- diagrams of the later recipes (not tied to one chapter's notebook) ----------------------------------------
+
+
+def _dial(ax, centre, radius, *, cross=True):
+    """A dashed circle (the plane of one pair of numbers), with faint axes through its centre."""
+    from matplotlib.patches import Circle
+
+    x, y = centre
+    ax.add_patch(Circle(centre, radius, fill=False, edgecolor=LINE, linewidth=0.9, linestyle="--"))
+    if cross:
+        ax.plot([x - radius, x + radius], [y, y], color="#d5dade", linewidth=0.7, zorder=0)
+        ax.plot([x, x], [y - radius, y + radius], color="#d5dade", linewidth=0.7, zorder=0)
+
+
+def _pointer(ax, centre, radius, angle, colour, width=1.8):
+    """An arrow of length ``radius`` from ``centre`` at ``angle`` radians; returns its tip."""
+    tip = (centre[0] + radius * np.cos(angle), centre[1] + radius * np.sin(angle))
+    _arrow(ax, centre, tip, color=colour, width=width)
+    return tip
+
+
+def _positions(positions, name: str) -> list[int]:
+    values = list(positions)
+    if not values or any(not isinstance(p, (int, np.integer)) or isinstance(p, bool) or p < 0 for p in values):
+        raise ValueError(f"{name}={positions!r}: pass positions as whole numbers of at least 0, e.g. (0, 1, 2, 5).")
+    if max(values) > 100_000:
+        raise ValueError(f"{name}={positions!r}: positions above 100,000 are too far to draw.")
+    return [int(p) for p in values]
+
+
+def rotary_positions(
+    head_size: int = 8,
+    positions: Sequence[int] = (0, 1, 2, 5),
+    pair: int = 0,
+    *,
+    meet: Sequence[tuple[int, int]] = ((2, 0), (7, 5)),
+    base: float = 10000.0,
+):
+    """Rotary position embedding (RoPE): instead of adding a position vector to the input, every query and key
+    is turned, pair of numbers by pair of numbers, by an angle of position x frequency.
+
+    Left: pair ``pair`` of a query (its numbers ``pair`` and ``pair + head_size // 2``, as ``rotate`` pairs
+    them) drawn as an arrow in the plane, turned for each of ``positions``: the angles are
+    ``ds9_utils.model.rotary_angles``'s and the turning is ``ds9_utils.model.rotate``'s. Middle: a query at m
+    and a key at n, for each (m, n) of ``meet``: the angle between them, and their dot product over the whole
+    head, depend only on m - n, so attention sees how far apart two characters are. Right: the first pairs
+    spin fast (they tell neighbours apart), the last slowly (they tell near from far). The query and key
+    numbers are stand-ins: only their turning matters here.
+    """
+    import torch
+
+    from ds9_utils.model import rotary_angles, rotate
+
+    if head_size < 2 or head_size % 2:
+        raise ValueError(f"head_size={head_size}: rotary positions turn pairs of numbers, so it must be even (>= 2).")
+    n_pairs = head_size // 2
+    if not 0 <= pair < n_pairs:
+        raise ValueError(f"pair={pair} is not a pair of a head of {head_size} numbers: choose 0 to {n_pairs - 1}.")
+    shown = _positions(positions, "positions")
+    if len(shown) > 6:
+        raise ValueError(f"{len(shown)} positions are too many to draw: pass at most 6, e.g. (0, 1, 2, 5).")
+    meet = [tuple(m) for m in meet]
+    if len(meet) != 2 or any(len(m) != 2 for m in meet):
+        raise ValueError(f"meet={meet!r}: pass two (m, n) pairs of positions, e.g. ((2, 0), (7, 5)).")
+    _positions([p for m in meet for p in m], "meet")
+
+    span = 16  # positions in the strip of speeds
+    length = max(max(shown), *(p for m in meet for p in m), span - 1) + 1
+    cos, sin = rotary_angles(length, head_size, base)
+    query = torch.tensor(_pseudo_vector("rotary query", head_size), dtype=torch.float32)
+    key = torch.tensor(_pseudo_vector("rotary key", head_size), dtype=torch.float32)
+    # The same query (and key) at every position, turned by each position's angles.
+    queries = rotate(query.expand(length, head_size), cos, sin)
+    keys = rotate(key.expand(length, head_size), cos, sin)
+
+    def direction(vectors, position):
+        return float(torch.atan2(vectors[position, pair + n_pairs], vectors[position, pair]))
+
+    frequencies = torch.atan2(sin[1], cos[1]).numpy()  # radians per position, all below pi
+    fig, ax = _canvas("Rotary positions: turn each pair of a query's numbers by position \u00d7 frequency", 9.0, 4.2)
+    colours = [PALETTE[c][1] for c in ("blue", "orange", "green", "purple", "red", "grey")]
+
+    # 1. One pair of one query, at several positions.
+    _text(ax, 0.3, 3.55, f"1. pair {pair} of a query, turned", ha="left", bold=True)
+    centre, radius = (1.6, 2.05), 0.78
+    _dial(ax, centre, radius)
+    angles = [direction(queries, p) for p in shown]
+    for k, angle in enumerate(angles):
+        _pointer(ax, centre, radius, angle, colours[k % len(colours)])
+    # Arrows closer than 14 degrees share one label, so that no two labels overlap.
+    groups: list[list[int]] = []
+    for k in sorted(range(len(shown)), key=lambda k: angles[k] % (2 * np.pi)):
+        last = groups[-1][-1] if groups else None
+        gap = None if last is None else (angles[k] - angles[last]) % (2 * np.pi)
+        if gap is not None and gap < np.radians(14):
+            groups[-1].append(k)
+        else:
+            groups.append([k])
+    if len(groups) > 1 and (angles[groups[0][0]] - angles[groups[-1][-1]]) % (2 * np.pi) < np.radians(14):
+        groups[0] = groups.pop() + groups[0]
+    for group in groups:
+        angle = angles[group[0]]
+        c, s = np.cos(angle), np.sin(angle)
+        ha = "left" if c > 0.35 else ("right" if c < -0.35 else "center")
+        va = "bottom" if s > 0.35 else ("top" if s < -0.35 else "center")
+        if len(group) == 1:
+            label, colour = f"position {shown[group[0]]}", colours[group[0] % len(colours)]
+        else:
+            members = [str(shown[k]) for k in group]
+            members = members if len(members) <= 3 else [members[0], "\u2026", members[-1]]
+            label, colour = "positions " + ", ".join(members), INK
+        x, y = centre[0] + (radius + 0.08) * c, centre[1] + (radius + 0.08) * s
+        _text(ax, x, y, label, size=NOTE_SIZE, ha=ha, va=va, color=colour)
+    _note(
+        ax,
+        0.3,
+        0.85,
+        f"numbers {pair} and {pair + n_pairs} of {head_size}: the\n"
+        f"arrow turns {frequencies[pair]:.3g} rad per position",
+    )
+
+    # 2. A query at m meets a key at n.
+    _text(ax, 3.3, 3.55, "2. a query at m meets a key at n", ha="left", bold=True)
+    small = 0.5
+    results = []
+    for k, (m, n) in enumerate(meet):
+        centre = (3.95 + k * 1.45, 2.2)
+        _dial(ax, centre, small)
+        q_angle, k_angle = direction(queries, m), direction(keys, n)
+        _pointer(ax, centre, small, q_angle, PALETTE["orange"][1])
+        _pointer(ax, centre, small, k_angle, PALETTE["blue"][1])
+        between = (np.degrees(q_angle - k_angle) + 180.0) % 360.0 - 180.0
+        dot = float(queries[m] @ keys[n])
+        results.append((m - n, round(between), round(dot, 2)))
+        _text(ax, centre[0], centre[1] + small + 0.2, f"m = {m}, n = {n}", size=NOTE_SIZE)
+        _text(ax, centre[0], centre[1] - small - 0.17, f"angle {between:.0f}\u00b0", size=NOTE_SIZE)
+        _text(ax, centre[0], centre[1] - small - 0.38, f"q\u00b7k = {dot:.2f}", size=NOTE_SIZE, mono=True)
+    _text(ax, 3.45, 1.05, "query", size=NOTE_SIZE, ha="left", color=PALETTE["orange"][1], bold=True)
+    _text(ax, 3.95, 1.05, "key", size=NOTE_SIZE, ha="left", color=PALETTE["blue"][1], bold=True)
+    _note(ax, 4.3, 1.05, f"(pair {pair} of each)")
+    if results[0][0] == results[1][0]:
+        summary = f"same m \u2212 n = {results[0][0]}: same angle,\nsame q\u00b7k over the whole head"
+    else:
+        summary = "different m \u2212 n: different angles,\ndifferent q\u00b7k"
+    _note(ax, 3.3, 0.7, summary)
+
+    # 3. Every pair's speed: sin(angle) over the first positions, one row per pair (white: not turned yet).
+    _text(ax, 6.35, 3.55, "3. every pair's speed", ha="left", bold=True)
+    rows = list(range(n_pairs))
+    if n_pairs > 8:
+        rows = sorted(set(np.linspace(0, n_pairs - 1, 8).round().astype(int).tolist()) | {pair})
+    cell_w = 0.09
+    cell_h = min(0.24, 1.9 / len(rows))
+    left, top = 6.95, 3.25
+    import matplotlib
+    from matplotlib.patches import Rectangle
+
+    cmap = matplotlib.colormaps[VALUE_CMAP]
+    values = sin.numpy()
+    for r, i in enumerate(rows):
+        y = top - (r + 1) * cell_h
+        for t in range(span):
+            _cell(ax, left + t * cell_w, y, cell_w, cmap(0.5 + 0.5 * float(values[t, i])), height=cell_h, line=0.3)
+        colour = PALETTE["orange"][1] if i == pair else INK
+        _text(ax, left - 0.06, y + cell_h / 2, f"pair {i}", size=NOTE_SIZE, ha="right", color=colour)
+        _note(ax, left + span * cell_w + 0.05, y + cell_h / 2, f"{frequencies[i]:.2g}")
+        if i == pair:
+            ax.add_patch(
+                Rectangle((left, y), span * cell_w, cell_h, fill=False, edgecolor=PALETTE["orange"][1], lw=1.6)
+            )
+    bottom = top - len(rows) * cell_h
+    _note(ax, left + span * cell_w + 0.05, top + 0.12, "rad/pos", ha="left")
+    _note(ax, left, bottom - 0.14, "0", ha="center")
+    _note(ax, left + (span - 0.5) * cell_w, bottom - 0.14, str(span - 1), ha="center")
+    _note(ax, left + span * cell_w / 2, bottom - 0.14, "position", ha="center")
+    speeds = "sin(angle): the first pairs spin fast\n(neighbours), the last slowly (far)"
+    _note(ax, 6.35, bottom - 0.55, speeds, va="top")
+
+    _note(
+        ax,
+        0.3,
+        0.22,
+        "No position table to learn: queries and keys are turned inside attention, and q\u00b7k sees only how far "
+        "apart two characters are.",
+    )
+    return fig
+
+
+def muon_update(gradient=None, *, rows: int = 6, cols: int = 8, steps: int = 5, seed: int = 0):
+    """Muon: what it does to a gradient matrix, against SGD and AdamW.
+
+    Left: a gradient G as a heat map, with its singular values (how strongly it pushes in each direction)
+    as bars: a few strong directions and many weak ones. Right: ``ds9_utils.optim.orthogonalize(G)`` after
+    ``steps`` Newton-Schulz steps: the same directions, every singular value near 1. SGD would step along G
+    itself, so its weak directions would hardly move; Muon gives every direction a step of about the same size.
+
+    ``gradient`` is a 2-D matrix (a tensor or an array, at most 12 x 16); None draws a seeded ``rows`` x
+    ``cols`` stand-in with one strong direction, as real gradients have. The singular values are computed
+    from the matrices drawn.
+    """
+    import torch
+
+    from ds9_utils.optim import orthogonalize
+
+    if gradient is None:
+        if not (2 <= rows <= 12 and 2 <= cols <= 16):
+            raise ValueError(f"a {rows} x {cols} gradient cannot be drawn: pick 2 to 12 rows and 2 to 16 columns.")
+        rng = np.random.default_rng(seed)
+        strong = np.outer(rng.standard_normal(rows), rng.standard_normal(cols))
+        gradient = 0.3 * rng.standard_normal((rows, cols)) + 0.6 * strong
+    matrix = _as_array(gradient)
+    if matrix.ndim != 2:
+        raise ValueError(f"muon_update wants one 2-D gradient matrix, got shape {matrix.shape}.")
+    if not (2 <= matrix.shape[0] <= 12 and 2 <= matrix.shape[1] <= 16):
+        raise ValueError(f"a {matrix.shape[0]} x {matrix.shape[1]} gradient cannot be drawn: pass 2-12 x 2-16.")
+    if not np.isfinite(matrix).all() or not np.abs(matrix).max() > 0:
+        raise ValueError("the gradient must be finite and not all zero.")
+    if not 1 <= steps <= 10:
+        raise ValueError(f"steps={steps}: draw between 1 and 10 Newton-Schulz steps.")
+    ortho = orthogonalize(torch.tensor(matrix, dtype=torch.float32), steps=steps).double().numpy()
+    before = np.linalg.svd(matrix, compute_uv=False)
+    after = np.linalg.svd(ortho, compute_uv=False)
+    n_rows, n_cols = matrix.shape
+
+    import matplotlib
+
+    cmap = matplotlib.colormaps[VALUE_CMAP]
+    fig, ax = _canvas("Muon: orthogonalize the gradient, so every direction takes a step of the same size", 9.0, 4.2)
+    cell = min(0.22, 1.9 / n_cols, 1.25 / n_rows)
+    top = 3.3
+    width, height = n_cols * cell, n_rows * cell
+    lefts = (0.45, 3.45)
+
+    def heat(left, values, name):
+        limit = float(np.abs(values).max())
+        for i in range(n_rows):
+            for j in range(n_cols):
+                colour = cmap(0.5 + 0.5 * float(values[i, j]) / limit)
+                _cell(ax, left + j * cell, top - (i + 1) * cell, cell, colour, line=0.5)
+        _text(ax, left + width / 2, top + 0.15, name, size=NOTE_SIZE)
+
+    def bars(left, values, label, colour, one):
+        fig_w, fig_h = fig.get_size_inches()
+        panel = fig.add_axes((left / fig_w, 0.72 / fig_h, 1.9 / fig_w, 0.95 / fig_h), label=label)
+        panel.bar(range(1, len(values) + 1), values, color=PALETTE[colour][0], edgecolor=PALETTE[colour][1], lw=0.9)
+        if one:
+            panel.axhline(1.0, color=INK, linestyle="--", linewidth=0.9)
+            panel.set_ylim(0, 1.45)
+            panel.set_yticks([0, 1])
+        else:
+            panel.set_ylim(0, 1.15 * float(values.max()))
+            panel.set_yticks([0, float(values.max())], ["0", f"{values.max():.1f}"])
+        panel.set_xticks([])
+        panel.tick_params(labelsize=NOTE_SIZE, colors=MUTED, length=2)
+        for side in ("top", "right"):
+            panel.spines[side].set_visible(False)
+        for side in ("left", "bottom"):
+            panel.spines[side].set_color(LINE)
+        panel.patch.set_alpha(0.0)
+        return panel
+
+    heat(lefts[0], matrix, f"gradient G ({n_rows} \u00d7 {n_cols})")
+    heat(lefts[1], ortho, "orthogonalize(G)")
+    bars(lefts[0], before, "singular values before", "grey", False)
+    bars(lefts[1], after, "singular values after", "green", True)
+    ratio = before.max() / max(before.min(), 1e-12)
+    _note(ax, lefts[0] + 0.95, 1.85, f"its singular values: largest/smallest = {ratio:.0f}", ha="center")
+    spread = f"{after.min():.2f} to {after.max():.2f}"
+    near = after.min() >= 0.6 and after.max() <= 1.3
+    _note(ax, lefts[1] + 0.95, 1.85, f"all near 1 ({spread})" if near else f"now {spread}", ha="center")
+    mid = top - height / 2
+    _arrow(ax, (lefts[0] + width + 0.2, mid), (lefts[1] - 0.2, mid), width=1.5)
+    _text(ax, (lefts[0] + width + lefts[1]) / 2, mid + 0.22, "orthogonalize", size=NOTE_SIZE, bold=True)
+    _note(ax, (lefts[0] + width + lefts[1]) / 2, mid - 0.25, f"{steps} Newton\u2013Schulz\nsteps", ha="center")
+
+    x = 6.0
+    notes = [
+        ("SGD: W \u2190 W \u2212 lr \u00b7 G", INK),
+        ("strong directions take big steps,", MUTED),
+        ("weak ones hardly move.", MUTED),
+        ("AdamW: each number \u00f7 its own size", INK),
+        ("evens out numbers, not directions.", MUTED),
+        ("Muon: W \u2190 W \u2212 lr \u00b7 orthogonalize(G)", INK),
+        ("G's directions, each with a step", MUTED),
+        ("of about the same size.", MUTED),
+    ]
+    y = 3.45
+    for k, (line, colour) in enumerate(notes):
+        if k and colour == INK:
+            y -= 0.16
+        _text(ax, x, y, line, size=NOTE_SIZE, ha="left", va="top", color=colour)
+        y -= 0.22
+    _note(ax, x, 1.0, "Colours: red above 0, blue below;\neach map to its own largest number.", va="top")
+    _note(
+        ax,
+        0.3,
+        0.22,
+        "Every direction gets a step of about the same size: weak directions are no longer drowned by strong ones.",
+    )
+    return fig

@@ -25,6 +25,12 @@ from torch.nn import functional as F
 
 from .progress import progress_bar
 
+
+def bits_per_char(nats: float) -> float:
+    """Convert a loss in nats per character to bits per character (``nats / ln 2``)."""
+    return nats / math.log(2)
+
+
 # ---------------------------------------------------------------------------------------------- line kinds
 
 #: A speaker line: a name in capitals, optionally followed by a bracketed note such as ``[OC]`` (off camera)

@@ -47,7 +47,8 @@ from .files import load_torch, save_torch
 from .model import GPT
 from .parse import Episode
 from .settings import corpus_dir as default_corpus_dir
-from .train import TrainConfig, TrainResult, set_seed, train
+from .train import TrainResult, set_seed, train
+from .train_config import TrainConfig
 
 ADAPTER_FORMAT = "ds9_utils-lora-adapter"
 ADAPTER_VERSION = 1

@@ -8,6 +8,9 @@ Read it top to bottom, in the order the notebooks build it:
 3. ``GPTConfig``, ``CausalSelfAttention``, ``FeedForward``, ``Block`` and ``GPT``: the same ideas in the
    compact, fast form of nanoGPT (all heads in one matrix multiply, fused attention), plus a ``KVCache`` so
    generation processes one new token per step instead of the whole context again (``GPT.decode_step``).
+4. The modern recipe's architecture, each change one option of ``GPTConfig`` that the classic GPT-2 of
+   chapters 05-08 leaves off: ``RMSNorm`` in place of LayerNorm, rotary positions (``rotate``) in place of a
+   position table, QK-norm, the ReLU² activation, zero-initialised output projections and an untied head.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-POSITIONAL_OPTIONS = ("learned", "sinusoidal", "none")
+POSITIONAL_OPTIONS = ("learned", "sinusoidal", "rotary", "none")
 ATTENTION_OPTIONS = ("fast", "explicit")
+ABSOLUTE_POSITIONS = ("learned", "sinusoidal")  # added to the token vectors; "rotary" works inside attention
+NORM_OPTIONS = ("layer", "rms")
+ACTIVATION_OPTIONS = ("gelu", "relu2")
 
 
 def check_token_ids(idx: torch.Tensor, vocab_size: int, what: str = "Token ids") -> None:
@@ -126,9 +132,21 @@ class GPTConfig:
     """The shape of a GPT. ``positional`` and ``attention`` choose between the variants the notebooks compare.
 
     positional: "learned" (a trained table, as GPT-2), "sinusoidal" (the fixed sines and cosines of
-        "Attention Is All You Need") or "none" (no position information: the model cannot tell order).
+        "Attention Is All You Need"), "rotary" (queries and keys turned by an angle that grows with their
+        position, so attention sees how far apart two characters are: RoPE, as LLaMA and the speedruns) or
+        "none" (no position information: the model cannot tell order).
     attention: "fast" (PyTorch's fused ``scaled_dot_product_attention``) or "explicit" (the masked softmax
         of QK^T/sqrt(d) the notebooks derive). Both compute the same function.
+
+    The modern recipe's options (defaults: GPT-2's choices):
+    norm: "layer" (LayerNorm: subtract the mean, divide by the spread) or "rms" (RMSNorm: divide by the root
+        mean square only; one reduction fewer, and the speedruns find it as good).
+    activation: "gelu" or "relu2" (ReLU squared: max(0, z)², cheaper and, in the speedruns, better).
+    qk_norm: RMS-normalise each head's queries and keys before attention, so their dot products stay in a
+        range the softmax handles however large the weights grow (it lets a higher learning rate train).
+    zero_init: start the projections that write into the residual stream (and an untied head) at zero, so
+        every block begins as the identity and the untrained model predicts a uniform distribution.
+    tie_embeddings: one matrix reads tokens in and scores them out (GPT-2); False gives each its own.
     """
 
     vocab_size: int
@@ -140,6 +158,11 @@ class GPTConfig:
     bias: bool = False
     positional: str = "learned"
     attention: str = "fast"
+    norm: str = "layer"
+    activation: str = "gelu"
+    qk_norm: bool = False
+    zero_init: bool = False
+    tie_embeddings: bool = True
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -157,6 +180,15 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.positional must be one of {POSITIONAL_OPTIONS}, got {self.positional!r}.")
         if self.attention not in ATTENTION_OPTIONS:
             raise ValueError(f"GPTConfig.attention must be one of {ATTENTION_OPTIONS}, got {self.attention!r}.")
+        if self.norm not in NORM_OPTIONS:
+            raise ValueError(f"GPTConfig.norm must be one of {NORM_OPTIONS}, got {self.norm!r}.")
+        if self.activation not in ACTIVATION_OPTIONS:
+            raise ValueError(f"GPTConfig.activation must be one of {ACTIVATION_OPTIONS}, got {self.activation!r}.")
+        if self.positional == "rotary" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(
+                f"GPTConfig.positional='rotary' turns pairs of numbers, so each head's size (n_embd // n_head = "
+                f"{self.n_embd // self.n_head}) must be even."
+            )
 
 
 class LayerKVCache:
@@ -225,6 +257,54 @@ class KVCache:
             layer.length = 0
 
 
+class RMSNorm(nn.Module):
+    """Divide each vector by its root mean square, then scale each dimension by a learned gain.
+
+    LayerNorm also subtracts the mean and adds a learned bias; RMSNorm keeps only the rescaling, which is what
+    keeps the residual stream's size in check.
+    """
+
+    def __init__(self, size: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In float32 whatever the input, as autocast runs LayerNorm: a bfloat16 mean of squares loses digits.
+        x32 = x.float()
+        if hasattr(F, "rms_norm"):  # PyTorch 2.4 and later: one fused operation
+            return F.rms_norm(x32, (x.size(-1),), self.weight, self.eps).type_as(x)
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight).type_as(x)
+
+
+def make_norm(config: GPTConfig, size: int | None = None) -> nn.Module:
+    """The normalisation ``config.norm`` asks for, over the last ``size`` numbers (default: ``n_embd``)."""
+    size = size or config.n_embd
+    return RMSNorm(size) if config.norm == "rms" else nn.LayerNorm(size, bias=config.bias)
+
+
+def rotary_angles(block_size: int, head_size: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosines and sines of the angles rotary positions turn by: (block_size, head_size // 2) each.
+
+    Pair ``i`` of a head's numbers turns by ``position / base ** (2i / head_size)`` radians: the first pairs
+    spin fast (they tell neighbours apart), the last slowly (they tell near from far).
+    """
+    frequencies = base ** -(torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
+    angles = torch.arange(block_size, dtype=torch.float32)[:, None] * frequencies[None, :]
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Turn each pair (x[..., i], x[..., i + d/2]) of ``x`` (..., T, d) by its position's angle (T, d/2).
+
+    A query at position m and a key at position n, each turned by its own angle, have a dot product that
+    depends only on m - n: attention sees relative distance, with no position table to learn.
+    """
+    first, second = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((first * cos - second * sin, first * sin + second * cos), dim=-1)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with all heads in one matrix multiply (nanoGPT style).
 
@@ -242,15 +322,36 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
+        head_size = config.n_embd // config.n_head
+        self.q_norm = make_norm(config, head_size) if config.qk_norm else None
+        self.k_norm = make_norm(config, head_size) if config.qk_norm else None
+        self.rotary = config.positional == "rotary"
+        if self.rotary:  # buffers, rebuilt from the config: not saved in checkpoints
+            cos, sin = rotary_angles(config.block_size, head_size)
+            self.register_buffer("rotary_cos", cos, persistent=False)
+            self.register_buffer("rotary_sin", sin, persistent=False)
         # True where a query may look at a key. Not saved in checkpoints: it is rebuilt from the config.
         causal_mask = torch.ones(config.block_size, config.block_size, dtype=torch.bool).tril()
         self.register_buffer("causal_mask", causal_mask, persistent=False)
 
-    def _queries_keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v of shape (B, n_head, T, head_size): views into the one ``qkv`` output, nothing copied."""
+    def _queries_keys_values(
+        self, x: torch.Tensor, past_length: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of shape (B, n_head, T, head_size) for the positions from ``past_length`` on.
+
+        Views into the one ``qkv`` output, nothing copied, unless the config normalises queries and keys
+        (``qk_norm``) or turns them by their position (``rotary``).
+        """
         B, T, C = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head)
-        return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rotary:
+            positions = slice(past_length, past_length + T)
+            cos, sin = self.rotary_cos[positions], self.rotary_sin[positions]
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        return q, k, v
 
     def attention_weights(self, q: torch.Tensor, k: torch.Tensor, past_length: int = 0) -> torch.Tensor:
         """softmax(QK^T / sqrt(head_size)) with the future masked: (B, n_head, T_query, T_key), rows sum to 1."""
@@ -262,10 +363,9 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, layer_cache: LayerKVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self._queries_keys_values(x)
-        past_length = 0
+        past_length = layer_cache.length if layer_cache is not None else 0
+        q, k, v = self._queries_keys_values(x, past_length)
         if layer_cache is not None:
-            past_length = layer_cache.length
             k, v = layer_cache.append(k, v)
         if self.use_explicit_attention:
             weights = self.attn_dropout(self.attention_weights(q, k, past_length))
@@ -283,30 +383,37 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.proj(y))
 
 
-class FeedForward(nn.Module):
-    """The per-position computation after attention: widen to 4 * n_embd, GELU, project back."""
+class ReLUSquared(nn.Module):
+    """max(0, z)²: zero for negative inputs like ReLU, then a parabola (the speedruns' feed-forward activation)."""
 
-    def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = False):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
+class FeedForward(nn.Module):
+    """The per-position computation after attention: widen to 4 * n_embd, GELU (or ReLU²), project back."""
+
+    def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = False, activation: str = "gelu"):
         super().__init__()
         self.expand = nn.Linear(n_embd, 4 * n_embd, bias=bias)
-        self.gelu = nn.GELU()
+        self.activation = ReLUSquared() if activation == "relu2" else nn.GELU()
         self.proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(self.gelu(self.expand(x))))
+        return self.dropout(self.proj(self.activation(self.expand(x))))
 
 
 class Block(nn.Module):
     """A transformer block: tokens communicate (attention), then each thinks on its own (feed-forward).
-    Both sit on a residual path with LayerNorm before them (pre-norm, as GPT-2)."""
+    Both sit on a residual path with a norm before them (pre-norm, as GPT-2; LayerNorm or RMSNorm)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.ffwd = FeedForward(config.n_embd, config.dropout, config.bias)
+        self.ln_2 = make_norm(config)
+        self.ffwd = FeedForward(config.n_embd, config.dropout, config.bias, config.activation)
 
     def forward(self, x: torch.Tensor, layer_cache: LayerKVCache | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), layer_cache)
@@ -340,15 +447,19 @@ class GPT(nn.Module):
             )
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # Weight tying: the same matrix reads tokens in and scores them out (fewer parameters, better results).
-        self.token_embedding.weight = self.lm_head.weight
+        if config.tie_embeddings:
+            # Weight tying: the same matrix reads tokens in and scores them out (fewer parameters; GPT-2).
+            self.token_embedding.weight = self.lm_head.weight
 
         self.apply(self._init_weights)
-        # GPT-2: each block adds two projections to the residual stream; shrink them so it does not grow with depth.
+        # Each block adds two projections to the residual stream. GPT-2 shrinks them so the stream does not grow
+        # with depth; zero_init starts them at nothing, so each block begins as the identity.
         for name, parameter in self.named_parameters():
-            if name.endswith("proj.weight"):
+            if config.zero_init and (name.endswith("proj.weight") or name == "lm_head.weight"):
+                nn.init.zeros_(parameter)  # a tied head is the embedding too, so lm_head is only here when untied
+            elif name.endswith("proj.weight"):
                 nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
@@ -364,11 +475,14 @@ class GPT(nn.Module):
         return self.config.block_size
 
     def num_parameters(self, non_embedding: bool = True) -> int:
-        """How many numbers the model learns. With ``non_embedding`` the learned position table is left out;
-        the token embedding stays in because, tied to ``lm_head``, it also does the output layer's work."""
+        """How many numbers the model learns. With ``non_embedding`` the learned position table is left out, and
+        so is an untied token embedding (a lookup, no arithmetic); a tied one stays in because, shared with
+        ``lm_head``, it also does the output layer's work."""
         total = sum(p.numel() for p in self.parameters())
         if non_embedding and self.config.positional == "learned":
             total -= self.position_embedding.weight.numel()
+        if non_embedding and not self.config.tie_embeddings:
+            total -= self.token_embedding.weight.numel()
         return total
 
     def new_kv_cache(self) -> KVCache:
@@ -389,7 +503,7 @@ class GPT(nn.Module):
             )
         check_token_ids(idx, self.config.vocab_size)
         x = self.token_embedding(idx)
-        if self.config.positional != "none":
+        if self.config.positional in ABSOLUTE_POSITIONS:
             x = x + self._position_vectors(past_length, T)
         return self.dropout(x)
 
@@ -450,12 +564,12 @@ class GPT(nn.Module):
                 "most recent tokens again with forward()."
             )
         x = self.token_embedding(tokens)  # (B, n_embd)
-        if self.config.positional != "none":
+        if self.config.positional in ABSOLUTE_POSITIONS:
             x = x + self._position_vectors(position, 1)
         B, C = x.shape
         for block, layer_cache in zip(self.blocks, kv_cache.layers):
             attn = block.attn
-            q, k, v = attn.qkv(block.ln_1(x)).view(B, 3, attn.n_head, 1, C // attn.n_head).unbind(1)
+            q, k, v = attn._queries_keys_values(block.ln_1(x)[:, None], position)  # each (B, n_head, 1, head_size)
             keys, values = layer_cache.append(k, v)  # (B, n_head, position + 1, head_size)
             if attn.use_explicit_attention:
                 y = attn.attention_weights(q, keys, position) @ values

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .evaluate import bits_per_char
 from .settings import in_notebook
 
 #: How invisible characters are drawn on the axes.
@@ -234,8 +235,6 @@ def plot_distribution(probs, labels: Sequence[str], *, ax=None, title: str | Non
 def loss_curve_png(history: dict[str, list]) -> bytes:
     """Draw the train and validation loss curves (nats on the left, bits per character on the right) as a PNG."""
     from matplotlib.figure import Figure
-
-    from .train import bits_per_char  # train imports this module for its live plot
 
     figure = Figure(figsize=(7, 3.5))
     axes = figure.subplots()

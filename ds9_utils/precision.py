@@ -11,6 +11,9 @@ answer on a busy machine):
   have tensor cores (compute capability 7.x: V100, T4 on Kaggle and Colab).
 - float32 everywhere else (older GPUs, other CPUs, Apple's mps).
 
+``DS9_PRECISION`` (``fp32``, ``bf16`` or ``fp16``) overrides that choice, so that any machine can run the
+bfloat16 path (emulated where the chip lacks it: slow, but the same arithmetic) or stay in float32.
+
 ``torch.compile`` is used where it pays back its compile time: on a GPU, for a model big enough to be worth it.
 On a CPU it gains a few percent per step and costs tens of seconds of compiling, so it stays off unless asked
 for. ``DS9_COMPILE=0`` (or 1) overrides the automatic choice everywhere.
@@ -64,9 +67,25 @@ def choose_precision(
     return "fp32"
 
 
+def forced_precision() -> str | None:
+    """The number format ``DS9_PRECISION`` asks for, or None when it is unset (the device then decides)."""
+    value = os.environ.get("DS9_PRECISION", "").strip().lower()
+    if not value:
+        return None
+    if value not in PRECISIONS:
+        raise ValueError(
+            f"DS9_PRECISION={value!r} is not a number format: set it to one of {', '.join(PRECISIONS)}, "
+            "or unset it to let the device choose"
+        )
+    return value
+
+
 def device_precision(device: str | torch.device, enabled: bool = True) -> str:
-    """``choose_precision`` for this device, or "fp32" when reduced precision is turned off."""
-    return choose_precision(torch.device(device).type) if enabled else "fp32"
+    """The precision a run uses: "fp32" when reduced precision is turned off (``enabled=False``), else
+    ``DS9_PRECISION`` when set, else ``choose_precision`` for this device."""
+    if not enabled:
+        return "fp32"
+    return forced_precision() or choose_precision(torch.device(device).type)
 
 
 def autocast(device: str | torch.device, precision: str) -> contextlib.AbstractContextManager:

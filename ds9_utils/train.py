@@ -1,13 +1,15 @@
-"""Training: random batches, the learning-rate schedule, the loop and evaluation.
+"""Training: random batches, the learning-rate schedule, one step, the loop and evaluation.
 
-The loop is nanoGPT's: sample a batch of random windows, forward, backward, clip the gradient, AdamW step,
-and every ``eval_interval`` steps measure the loss on held-out text. Losses are reported in nats (what
+The loop is nanoGPT's: sample a batch of random windows, take one step (``TrainingStep``: forward, backward,
+clip the gradient, update the weights with the optimizer of ``ds9_utils.optim``), and every
+``eval_interval`` steps measure the loss on held-out text. Losses are reported in nats (what
 cross-entropy computes) and in bits per character (``nats / ln 2``, the number used to compare compressors
 and language models; for a character tokenizer a token *is* a character).
 
 A checkpoint (``ds9_utils.checkpoints``) holds everything needed to continue a run exactly where it
 stopped, so training N steps, stopping and resuming to 2N gives bit-for-bit the weights of training 2N
-steps straight. The presets that name a model and its recipe live in ``ds9_utils.presets``.
+steps straight. A recipe is a ``TrainConfig`` (``ds9_utils.train_config``); the presets that name a model and
+its recipe live in ``ds9_utils.presets``.
 
 The same loop also runs as one of several processes that train together (data parallelism): it asks a
 ``SingleProcess`` object, which does nothing here, and ``ds9_utils.distributed.DataParallel`` replaces it
@@ -30,51 +32,13 @@ from torch import Tensor
 
 from . import precision
 from .checkpoints import read_resumable_checkpoint, restore_rng_states, save_checkpoint
+from .evaluate import bits_per_char
 from .model import GPT, check_token_ids
+from .optim import configure_optimizer, set_learning_rates
 from .plots import LiveLossPlot
 from .progress import progress_bar
 from .settings import resolve_device
-
-
-@dataclass
-class TrainConfig:
-    """How to train: batch, schedule, optimizer, evaluation, seed and device."""
-
-    batch_size: int = 12
-    max_steps: int = 2000
-    # A time budget: the warm-up and cosine are laid out over these seconds of training (evaluations are not
-    # counted), so the run ends annealed when time is up; max_steps then only caps it. None: count steps.
-    max_seconds: float | None = None
-    learning_rate: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
-    lr_decay_steps: int | None = None  # None: decay over the whole run (max_steps); unused with max_seconds
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99  # a little below the usual 0.999: small batches of characters are noisy
-    grad_clip: float = 1.0  # 0 turns clipping off
-    eval_interval: int = 250
-    eval_iters: int = 20
-    seed: int = 1337
-    log_interval: int = 10
-    device: str | None = None  # None: settings.choose_device(); checked by settings.resolve_device
-    autocast: bool = True  # the device's fastest correct precision (precision.choose_precision); False: fp32
-    compile: bool | None = None  # torch.compile the model; None: where it pays (precision.should_compile)
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "eval_interval", "eval_iters", "log_interval"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_steps < 0 or self.warmup_steps < 0:
-            raise ValueError("TrainConfig.max_steps and warmup_steps must not be negative")
-        if not 0 <= self.min_lr <= self.learning_rate:
-            raise ValueError(
-                f"TrainConfig.min_lr ({self.min_lr}) must be between 0 and learning_rate ({self.learning_rate})"
-            )
-        if self.max_seconds is not None and not (math.isfinite(self.max_seconds) and self.max_seconds > 0):
-            raise ValueError(
-                f"TrainConfig.max_seconds must be a positive number of seconds or None, got {self.max_seconds}"
-            )
+from .train_config import TrainConfig
 
 
 class SingleProcess:
@@ -150,15 +114,19 @@ WARMUP_SHARE = 0.05  # with a time budget, the warm-up takes at most this share 
 
 
 def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
-    """Learning rate for ``step``: a linear warm-up to ``learning_rate``, then a cosine decay to ``min_lr``.
+    """Learning rate for ``step``: a linear warm-up to ``learning_rate``, then a decay to ``min_lr``.
 
     The warm-up keeps the first, badly-informed updates small while AdamW's moment estimates settle; the decay
-    lets the model settle into a minimum at the end. The warm-up counts steps (it is the optimizer's updates
-    that need it). The decay counts steps up to ``lr_decay_steps`` (default ``max_steps``), or, with a time
-    budget (``max_seconds``), the fraction ``elapsed / max_seconds`` of it spent: then the rate reaches
-    ``min_lr`` exactly when time is up, however fast this machine is. With a time budget the warm-up also
-    ends once ``WARMUP_SHARE`` of the budget is spent, whichever comes first: on a slow machine 100 steps
-    could otherwise take half of a two-minute budget (measured: 53 s of 120 on a 2-core CPU).
+    lets the model settle into a minimum at the end. ``cfg.schedule`` shapes the decay: "cosine" bends
+    down from the end of the warm-up; "wsd" holds the full rate, then falls in a straight line over the last
+    ``decay_share`` of the run (the speedruns' warm-up, stable, decay: more of the run at the full rate).
+
+    The warm-up counts steps (it is the optimizer's updates that need it). The decay counts steps up to
+    ``lr_decay_steps`` (default ``max_steps``), or, with a time budget (``max_seconds``), the fraction
+    ``elapsed / max_seconds`` of it spent: then the rate reaches ``min_lr`` exactly when time is up, however
+    fast this machine is. With a time budget the warm-up also ends once ``WARMUP_SHARE`` of the budget is
+    spent, whichever comes first: on a slow machine 100 steps could otherwise take half of a two-minute budget
+    (measured: 53 s of 120 on a 2-core CPU).
     """
     if step < cfg.warmup_steps:
         warmup = (step + 1) / cfg.warmup_steps
@@ -173,27 +141,11 @@ def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
         if step >= decay_steps:
             return cfg.min_lr
         progress = (step - cfg.warmup_steps) / (decay_steps - cfg.warmup_steps)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))  # goes from 1 to 0
-    return cfg.min_lr + cosine * (cfg.learning_rate - cfg.min_lr)
-
-
-def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW that decays only the matrices and embeddings (parameters with 2 or more dimensions).
-
-    Weight decay pulls weights towards zero; that regularises the big matrices, but for biases and LayerNorm
-    gains it would only fight the values the model needs.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    # The fused kernel updates every parameter in one pass: 1.16x faster steps for the cpu preset's model on a
-    # 2-core CPU, 1.05x for nanoGPT's small one. CPUs have it from torch 2.4; older versions refuse, so ask.
-    if next(model.parameters()).device.type in ("cuda", "cpu"):
-        with contextlib.suppress(RuntimeError):
-            return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=True)
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
+    if cfg.schedule == "wsd":
+        remaining = min((1.0 - progress) / cfg.decay_share, 1.0)  # 1 while stable, then down to 0
+    else:
+        remaining = 0.5 * (1.0 + math.cos(math.pi * progress))  # goes from 1 to 0
+    return cfg.min_lr + remaining * (cfg.learning_rate - cfg.min_lr)
 
 
 def _synchronize(device: str | torch.device) -> None:
@@ -244,11 +196,6 @@ def estimate_loss(
     return losses
 
 
-def bits_per_char(nats: float) -> float:
-    """Convert a loss in nats per character to bits per character."""
-    return nats / math.log(2)
-
-
 def new_history() -> dict[str, list]:
     """An empty training history: one entry per evaluation ("seconds": training time when it was taken)."""
     return {"steps": [], "train_loss": [], "val_loss": [], "lr": [], "seconds": []}
@@ -270,6 +217,71 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------- one step
+
+
+class TrainingStep:
+    """One optimisation step: forward and backward in the run's precision, clip the gradient, update.
+
+    It knows nothing of time, evaluation, checkpoints or progress: that is the loop's business (``train``).
+    It decides, once, how the step runs on this device (``ds9_utils.precision``): the number format, the loss
+    scaler that float16 needs, and whether the network is compiled. A compiler that fails at the first step
+    (its errors surface only then) is dropped with a warning, and the step runs eager.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        cfg: TrainConfig,
+        device: torch.device,
+        parameters: list[torch.nn.Parameter],
+    ):
+        self.network, self.optimizer, self.cfg, self.device = network, optimizer, cfg, device
+        self.parameters = parameters  # what the gradient clip measures (the model's, not a wrapper's)
+        self.compiled = precision.should_compile(device, network, cfg.compile)
+        self.module = torch.compile(network) if self.compiled else network
+        self.precision = precision.device_precision(device, cfg.autocast)
+        self.scaler = precision.grad_scaler(device, self.precision)
+        self.steps_taken = 0
+
+    def __call__(self, x: Tensor, y: Tensor, lr: float) -> Tensor:
+        """Train on the batch ``x`` -> ``y`` at learning rate ``lr``; the batch's loss (before the update)."""
+        set_learning_rates(self.optimizer, lr, self.cfg)
+        loss = self._forward_backward(x, y)
+        if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.steps_taken += 1
+        return loss
+
+    def _forward_backward(self, x: Tensor, y: Tensor) -> Tensor:
+        try:
+            return self._gradients(x, y)
+        except Exception as error:  # only compiling can fail here: its errors surface at the first call
+            if not self.compiled or self.steps_taken:
+                raise
+            cause = error  # the compiler's own error, under torch's wrappers:
+            while (inner := cause.__cause__ or getattr(cause, "inner_exception", None)) is not None:
+                cause = inner
+            warnings.warn(
+                f"torch.compile failed ({type(cause).__name__}: {str(cause).strip()[:200]}); "
+                "training without it (set DS9_COMPILE=0 to skip the attempt)",
+                stacklevel=3,
+            )
+            self.module, self.compiled = self.network, False
+            return self._gradients(x, y)
+
+    def _gradients(self, x: Tensor, y: Tensor) -> Tensor:
+        with precision.autocast(self.device, self.precision):
+            _, loss = self.module(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        return loss
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -344,18 +356,15 @@ def train(
         step, history, best_val_loss = saved["step"], saved["history"], saved["best_val_loss"]
         restore_rng_states(saved["rng"], generator)
 
-    network = parallel.wrap(model)  # what the training step calls; evaluation uses the model itself
-    use_compile = precision.should_compile(device, model, cfg.compile)
-    stepper = torch.compile(network) if use_compile else network
-    run_precision = precision.device_precision(device, cfg.autocast)
-    scaler = precision.grad_scaler(device, run_precision)
+    # The step calls the (possibly data-parallel) network; evaluation uses the model itself.
+    training_step = TrainingStep(parallel.wrap(model), optimizer, cfg, device, list(model.parameters()))
     rows = parallel.rows(cfg.batch_size)
     plot = LiveLossPlot() if live_plot and parallel.is_main else None
     postfix: dict[str, str] = {}
     history.setdefault("seconds", [0.0] * len(history["steps"]))  # a checkpoint from before the time budgets
     seconds_before = history["seconds"][-1] if history["seconds"] else 0.0  # training time of earlier calls
     started = clock()
-    eval_seconds, steps_this_call, stop_reason = 0.0, 0, "max_steps"
+    eval_seconds, stop_reason = 0.0, "max_steps"
 
     def elapsed() -> float:
         """Seconds this run has trained, over every call, without its evaluations (the same on every process).
@@ -365,13 +374,6 @@ def train(
         """
         _synchronize(device)
         return parallel.mean({"seconds": seconds_before + clock() - started - eval_seconds})["seconds"]
-
-    def forward_backward(module: torch.nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        with precision.autocast(device, run_precision):
-            _, loss = module(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        return loss
 
     def evaluate(now: float) -> bool:
         """Measure, record, checkpoint, report; return True when the callback asks to stop."""
@@ -427,7 +429,7 @@ def train(
         total=cfg.max_seconds if timed else cfg.max_steps,
         initial=min(seconds_before, cfg.max_seconds) if timed else min(step, cfg.max_steps),
         disable=not (progress and parallel.is_main),
-        desc=f"training ({run_precision}{', compiled' if use_compile else ''})",
+        desc=f"training ({training_step.precision}{', compiled' if training_step.compiled else ''})",
         unit="s" if timed else "step",
         bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]" if timed else None,
     ) as bar:
@@ -442,31 +444,9 @@ def train(
                 stop_reason = "max_seconds"
                 break
             lr = lr_at(step, cfg, now)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             x, y = get_batch(train_data, block_size, cfg.batch_size, generator, device, rows)
-            try:
-                loss = forward_backward(stepper, x, y)
-            except Exception as error:  # only compiling can fail here: its errors surface at the first call
-                if stepper is network or steps_this_call:
-                    raise
-                cause = error  # the compiler's own error, under torch's wrappers:
-                while (inner := cause.__cause__ or getattr(cause, "inner_exception", None)) is not None:
-                    cause = inner
-                warnings.warn(
-                    f"torch.compile failed ({type(cause).__name__}: {str(cause).strip()[:200]}); "
-                    "training without it (set DS9_COMPILE=0 to skip the attempt)",
-                    stacklevel=2,
-                )
-                stepper, use_compile = network, False
-                loss = forward_backward(stepper, x, y)
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            loss = training_step(x, y, lr)
             step += 1
-            steps_this_call += 1
             bar.update(min(now, cfg.max_seconds) - bar.n if timed else 1)
             if step % cfg.log_interval == 0:
                 postfix.update(step=str(step), loss=f"{loss.item():.3f}", lr=f"{lr:.1e}")  # .item() waits for GPU
@@ -479,6 +459,7 @@ def train(
 
     seconds = clock() - started
     training_seconds = seconds - eval_seconds
+    steps_this_call = training_step.steps_taken
     tokens = steps_this_call * cfg.batch_size * block_size
     return TrainResult(
         history=history,

@@ -20,7 +20,7 @@ from ds9_utils.tokenizers import (
     merge_pair,
     textbook_bpe_merges,
 )
-from ds9_utils.train import TrainConfig
+from ds9_utils.train_config import TrainConfig
 
 SCENE = """[Ops]
 SISKO: Old man, it's good to see you. Constable, we'll need three hundred and 47 runabouts.

@@ -11,7 +11,8 @@ import torch
 from ds9_utils.checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
 from ds9_utils.model import GPT, GPTConfig
 from ds9_utils.tokenizers import CharTokenizer
-from ds9_utils.train import TrainConfig, train
+from ds9_utils.train import train
+from ds9_utils.train_config import TrainConfig
 
 TEXT_A = "KIRA: The runabout is late.\nODO: It is always late.\n" * 40
 TEXT_B = TEXT_A.replace("K", "Q")  # another text whose vocabulary has the same size

@@ -56,7 +56,11 @@ def assert_readable(fig: Figure) -> None:
             assert overlap_x <= 1 or overlap_y <= 1, f"{text_a!r} and {text_b!r} overlap"
 
 
-@pytest.mark.parametrize("draw", list(diagrams.BY_CHAPTER.values()), ids=lambda f: f.__name__)
+#: Every diagram: the chapters' own, and those of the later recipes (rotary positions, Muon).
+ALL_DIAGRAMS = [*diagrams.BY_CHAPTER.values(), diagrams.rotary_positions, diagrams.muon_update]
+
+
+@pytest.mark.parametrize("draw", ALL_DIAGRAMS, ids=lambda f: f.__name__)
 def test_every_diagram_draws_with_its_defaults(draw):
     assert_readable(draw())
 
@@ -112,6 +116,19 @@ CUSTOM = [
     ),
     (lambda: diagrams.rlhf_loop(kl_coef=0.05, judge="a person"), ["0.05 \u00b7 KL", "a person or you"]),
     (lambda: diagrams.data_parallel(n_ranks=4, batch_size=32), ["rank 3: rows 24\u201331", "/ 4", "32 windows"]),
+    (
+        lambda: diagrams.rotary_positions(16, positions=(0, 3, 9), pair=2, meet=((3, 1), (9, 4))),
+        ["pair 2 of a query", "numbers 2 and 10 of 16", "position 9", "m = 9, n = 4", "different m \u2212 n", "pair 7"],
+    ),
+    (
+        lambda: diagrams.rotary_positions(64, positions=(0, 1, 2, 3, 4, 5), pair=31),
+        ["positions 0, \u2026, 5", "pair 31", "numbers 31 and 63 of 64"],
+    ),
+    (
+        lambda: diagrams.muon_update(torch.randn(4, 5, generator=torch.Generator().manual_seed(1)), steps=3),
+        ["gradient G (4 \u00d7 5)", "3 Newton\u2013Schulz", "orthogonalize(G)"],
+    ),
+    (lambda: diagrams.muon_update(rows=12, cols=16, seed=3), ["gradient G (12 \u00d7 16)"]),
 ]
 
 
@@ -160,11 +177,76 @@ def test_the_sinusoidal_positions_are_the_models_own_table():
         (lambda: diagrams.lora(rank=0), "rank of at least 1"),
         (lambda: diagrams.data_parallel(n_ranks=2, batch_size=15), "does not split evenly over 2 ranks"),
         (lambda: diagrams.data_parallel(n_ranks=9, batch_size=18), "between 1 and 8 ranks"),
+        (lambda: diagrams.rotary_positions(head_size=7), "head_size=7: .* must be even"),
+        (lambda: diagrams.rotary_positions(head_size=0), "must be even"),
+        (lambda: diagrams.rotary_positions(head_size=8, pair=4), "pair=4 is not a pair of a head of 8 numbers"),
+        (lambda: diagrams.rotary_positions(pair=-1), "choose 0 to 3"),
+        (lambda: diagrams.rotary_positions(positions=()), "whole numbers of at least 0"),
+        (lambda: diagrams.rotary_positions(positions=(0, -1)), "whole numbers of at least 0"),
+        (lambda: diagrams.rotary_positions(positions=range(7)), "at most 6"),
+        (lambda: diagrams.rotary_positions(meet=((2, 0),)), r"two \(m, n\) pairs"),
+        (lambda: diagrams.muon_update(torch.randn(6)), "one 2-D gradient matrix, got shape"),
+        (lambda: diagrams.muon_update(torch.randn(2, 3, 4)), "one 2-D gradient matrix, got shape"),
+        (lambda: diagrams.muon_update(torch.randn(20, 8)), "cannot be drawn"),
+        (lambda: diagrams.muon_update(torch.zeros(3, 4)), "not all zero"),
+        (lambda: diagrams.muon_update(rows=1), "cannot be drawn"),
+        (lambda: diagrams.muon_update(steps=0), "between 1 and 10 Newton-Schulz steps"),
     ],
 )
 def test_impossible_sizes_get_one_clear_line(draw, message):
     with pytest.raises(ValueError, match=message):
         draw()
+
+
+def font_sizes(fig: Figure) -> list[float]:
+    return [t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+
+
+@pytest.mark.parametrize("draw", [diagrams.rotary_positions, diagrams.muon_update], ids=lambda f: f.__name__)
+def test_the_recipe_diagrams_have_no_text_below_8_points(draw):
+    assert min(font_sizes(draw())) >= 8.0
+
+
+def test_rotary_positions_shows_the_positions_and_the_relative_angle():
+    fig = diagrams.rotary_positions()
+    text = all_text(fig)
+    for label in ["position 0", "position 1", "position 2", "position 5", "m = 2, n = 0", "m = 7, n = 5"]:
+        assert label in text, f"{label!r} is not among the diagram's labels"
+    assert "same m \u2212 n = 2: same angle" in text
+    # The two meetings (2, 0) and (7, 5) draw the same angle and the same q.k: it depends only on m - n.
+    angles = [t.get_text() for t in fig.findobj(Text) if t.get_text().startswith("angle ")]
+    dots = [t.get_text() for t in fig.findobj(Text) if t.get_text().startswith("q\u00b7k = ")]
+    assert len(angles) == 2 and angles[0] == angles[1]
+    assert len(dots) == 2 and dots[0] == dots[1]
+    # The speeds are rotary_angles' frequencies: pair i turns base ** (-2i / head_size) rad per position.
+    for label in ["1", "0.1", "0.01", "0.001"]:
+        assert label in text.split("\n")
+
+
+def bar_heights(fig: Figure, label: str) -> list[float]:
+    (panel,) = [a for a in fig.axes if a.get_label() == label]
+    return [p.get_height() for p in panel.patches]
+
+
+def test_muon_update_draws_the_singular_values_of_the_orthogonalized_gradient():
+    from ds9_utils.optim import orthogonalize
+
+    gradient = torch.randn(6, 8, generator=torch.Generator().manual_seed(0)) * torch.logspace(0, -2, 8)
+    fig = diagrams.muon_update(gradient)
+    assert "orthogonalize" in all_text(fig)
+    before, after = bar_heights(fig, "singular values before"), bar_heights(fig, "singular values after")
+    assert before == pytest.approx(torch.linalg.svdvals(gradient).tolist(), rel=1e-4)
+    assert after == pytest.approx(torch.linalg.svdvals(orthogonalize(gradient)).tolist(), abs=1e-4)
+    assert len(after) == 6 and all(0.6 <= s <= 1.3 for s in after), after
+    assert max(before) / min(before) > 5, "the gradient drawn should have strong and weak directions"
+    # The defaults too: a seeded gradient with one strong direction, every singular value near 1 after.
+    fig = diagrams.muon_update()
+    after = bar_heights(fig, "singular values after")
+    assert len(after) == 6 and all(0.6 <= s <= 1.3 for s in after), after
+    assert "all near 1" in all_text(fig)
+    # The dashed line at 1 is drawn where the singular values should land.
+    (panel,) = [a for a in fig.axes if a.get_label() == "singular values after"]
+    assert any(line.get_linestyle() == "--" and list(line.get_ydata()) == [1.0, 1.0] for line in panel.lines)
 
 
 # The code that builds each chapter's mechanism: its diagram must come before the first code cell with one of these.

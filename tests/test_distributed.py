@@ -20,6 +20,7 @@ from ds9_utils.checkpoints import load_checkpoint
 from ds9_utils.course import run_config, text_data
 from ds9_utils.distributed import CHECKPOINT_NAME, LOG_NAME, DataParallel, main, train_preset
 from ds9_utils.model import GPT
+from ds9_utils.precision import device_precision
 from ds9_utils.presets import PRESETS
 from ds9_utils.train import SingleProcess, get_batch, set_seed, train
 
@@ -134,12 +135,16 @@ def test_two_ranks_with_gloo_train_the_model_one_process_trains_on_the_same_glob
 
     data = text_data(TEXT)
     alone, result = train_preset(data, "quick", tmp_path / "single", max_steps=STEPS, progress=False, device="cpu")
-    assert max_difference(together.model, alone) < 1e-5
-    assert together.history["val_loss"][-1] == pytest.approx(result.val_loss, abs=1e-5)
+    # Two ranks multiply half batches, one process whole ones: the same sums, rounded in another order. In
+    # float32 that is 1e-5 after these steps; bfloat16 keeps 8 bits of mantissa, so there it is 1e-3.
+    tolerance = 1e-5 if device_precision("cpu") == "fp32" else 1e-3
+    assert max_difference(together.model, alone) < tolerance
+    assert together.history["val_loss"][-1] == pytest.approx(result.val_loss, abs=tolerance)
 
-    # The tolerance is tight enough to matter: one rank's share alone (half the batch) trains another model.
+    # The tolerance is tight enough to matter: one rank's share alone (half the batch) trains another model,
+    # ten times further away than rounding moves it.
     config = run_config("quick", STEPS, "cpu")
     set_seed(config.seed)
     half = GPT(PRESETS["quick"].gpt_config(data.tokenizer.vocab_size))
     train(half, data.train, data.val, replace(config, batch_size=config.batch_size // 2), progress=False)
-    assert max_difference(together.model, half) > 1e-3
+    assert max_difference(together.model, half) > 10 * max(tolerance, max_difference(together.model, alone))

@@ -33,8 +33,10 @@ from ds9_utils.finetune import (
     training_state_bytes,
 )
 from ds9_utils.model import GPT, GPTConfig
+from ds9_utils.optim import configure_optimizer
 from ds9_utils.parse import Episode, Line, Scene
-from ds9_utils.train import TrainConfig, configure_optimizer, train
+from ds9_utils.train import train
+from ds9_utils.train_config import TrainConfig
 
 CONFIG = GPTConfig(vocab_size=23, block_size=16, n_layer=2, n_head=2, n_embd=16)
 

@@ -13,8 +13,15 @@ from ds9_utils.model import (
     Head,
     KVCache,
     MultiHeadAttention,
+    ReLUSquared,
+    RMSNorm,
+    rotary_angles,
+    rotate,
     sinusoidal_positions,
 )
+
+#: The modern recipe's architecture (the ``cpu`` preset's options) on a tiny model.
+MODERN = dict(positional="rotary", norm="rms", activation="relu2", qk_norm=True, zero_init=True, tie_embeddings=False)
 
 
 def tiny_config(**overrides) -> GPTConfig:
@@ -27,8 +34,15 @@ def random_tokens(config: GPTConfig, batch: int = 3, length: int | None = None, 
 
 
 def seeded_gpt(config: GPTConfig, seed: int = 0) -> GPT:
+    """A GPT with random weights everywhere: zero-initialised layers get random values too, so that every
+    path of the network changes its output (a zero projection would hide a bug behind it)."""
     torch.manual_seed(seed)
-    return GPT(config)
+    model = GPT(config)
+    if config.zero_init:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.normal_(0.0, 0.3)
+    return model
 
 
 # --- Bigram ---------------------------------------------------------------------------------------------------
@@ -104,8 +118,11 @@ def test_feed_forward_and_block_keep_the_shape():
         ({"vocab_size": -1}, "vocab_size"),
         ({"block_size": 2.5}, "block_size"),
         ({"dropout": 1.0}, "dropout"),
-        ({"positional": "rotary"}, "positional"),
+        ({"positional": "alibi"}, "positional"),
         ({"attention": "flash"}, "attention"),
+        ({"norm": "batch"}, "norm"),
+        ({"activation": "swish"}, "activation"),
+        ({"positional": "rotary", "n_embd": 18, "n_head": 6}, "even"),
     ],
 )
 def test_invalid_configs_are_rejected(overrides, message):
@@ -193,10 +210,14 @@ def test_bad_inputs_are_rejected():
         model(torch.tensor([[1]]), kv_cache=KVCache(n_layer=5, capacity=12))
 
 
-@pytest.mark.parametrize("positional", ["learned", "sinusoidal", "none"])
-def test_explicit_and_fast_attention_agree(positional):
-    fast = seeded_gpt(tiny_config(positional=positional, attention="fast"))
-    explicit = GPT(tiny_config(positional=positional, attention="explicit"))
+VARIANTS = [{"positional": "learned"}, {"positional": "sinusoidal"}, {"positional": "none"}, MODERN]
+VARIANT_IDS = ["learned", "sinusoidal", "none", "modern"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_explicit_and_fast_attention_agree(variant):
+    fast = seeded_gpt(tiny_config(**variant, attention="fast"))
+    explicit = GPT(tiny_config(**variant, attention="explicit"))
     explicit.load_state_dict(fast.state_dict())
     idx, targets = random_tokens(fast.config), random_tokens(fast.config, seed=1)
     fast_logits, fast_loss = fast(idx, targets)
@@ -208,9 +229,9 @@ def test_explicit_and_fast_attention_agree(positional):
 
 
 @pytest.mark.parametrize("attention", ["fast", "explicit"])
-@pytest.mark.parametrize("positional", ["learned", "sinusoidal", "none"])
-def test_kv_cache_gives_the_same_logits_as_a_full_forward(positional, attention):
-    config = tiny_config(positional=positional, attention=attention)
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_kv_cache_gives_the_same_logits_as_a_full_forward(variant, attention):
+    config = tiny_config(**variant, attention=attention)
     model = seeded_gpt(config).eval()
     idx = random_tokens(config, batch=2)
     full_logits, _ = model(idx)
@@ -223,9 +244,9 @@ def test_kv_cache_gives_the_same_logits_as_a_full_forward(positional, attention)
 
 
 @pytest.mark.parametrize("attention", ["fast", "explicit"])
-@pytest.mark.parametrize("positional", ["learned", "sinusoidal", "none"])
-def test_decode_step_gives_the_logits_of_the_general_cached_path(positional, attention):
-    config = tiny_config(positional=positional, attention=attention)
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_decode_step_gives_the_logits_of_the_general_cached_path(variant, attention):
+    config = tiny_config(**variant, attention=attention)
     model = seeded_gpt(config).eval()
     idx = random_tokens(config, batch=2)
     full_logits, _ = model(idx)
@@ -278,7 +299,9 @@ def test_sinusoidal_positions_follow_the_formula_and_are_not_learned():
     assert "position_table" not in sinusoidal.state_dict()  # rebuilt from the config, not saved
 
 
-@pytest.mark.parametrize("positional, order_matters", [("none", False), ("learned", True), ("sinusoidal", True)])
+@pytest.mark.parametrize(
+    "positional, order_matters", [("none", False), ("learned", True), ("sinusoidal", True), ("rotary", True)]
+)
 def test_without_positions_the_model_cannot_tell_order(positional, order_matters):
     # one layer: the last position sees the earlier tokens only through attention, which without position
     # information treats them as a set
@@ -350,3 +373,73 @@ def test_out_of_vocabulary_ids_raise_one_clear_error():
         BigramLanguageModel(vocab_size=9)(torch.tensor([[9]]))
     with pytest.raises(ValueError, match="Token ids must be in"):
         model.attention_maps(torch.tensor([[1, 99]]))
+
+
+# --- The modern recipe's options ------------------------------------------------------------------------------
+
+
+def test_rotary_attention_scores_depend_only_on_the_distance():
+    cos, sin = rotary_angles(block_size=40, head_size=8)
+    generator = torch.Generator().manual_seed(0)
+    q, k = torch.randn(8, generator=generator), torch.randn(8, generator=generator)
+
+    def score(query_position: int, key_position: int) -> float:
+        turned_q = rotate(q[None], cos[query_position : query_position + 1], sin[query_position : query_position + 1])
+        turned_k = rotate(k[None], cos[key_position : key_position + 1], sin[key_position : key_position + 1])
+        return (turned_q @ turned_k.T).item()
+
+    assert score(9, 4) == pytest.approx(score(35, 30), abs=1e-5)  # five apart, wherever they are
+    assert score(9, 4) != pytest.approx(score(9, 2), abs=1e-3)
+    assert score(3, 3) == pytest.approx((q @ k).item(), abs=1e-5)  # no distance: the plain dot product
+    assert rotate(q[None], cos[5:6], sin[5:6]).norm() == pytest.approx(q.norm().item())  # a turn keeps lengths
+
+
+def test_rms_norm_divides_by_the_root_mean_square_in_float32():
+    norm = RMSNorm(6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.arange(1.0, 7.0))
+    x = torch.randn(3, 6)
+    expected = x / (x.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt() * norm.weight
+    assert torch.allclose(norm(x), expected, atol=1e-6)
+    assert norm(x.bfloat16()).dtype == torch.bfloat16
+    if hasattr(torch.nn, "RMSNorm"):  # the library's own, PyTorch 2.4 and later
+        reference = torch.nn.RMSNorm(6, eps=norm.eps)
+        with torch.no_grad():
+            reference.weight.copy_(norm.weight)
+        assert torch.allclose(norm(x), reference(x), atol=1e-6)
+
+
+def test_relu_squared_is_zero_below_and_a_parabola_above():
+    z = torch.tensor([-2.0, -0.5, 0.0, 0.5, 3.0])
+    assert torch.equal(ReLUSquared()(z), torch.tensor([0.0, 0.0, 0.0, 0.25, 9.0]))
+
+
+def test_zero_init_starts_every_block_as_the_identity_and_predicts_uniformly():
+    torch.manual_seed(0)
+    model = GPT(tiny_config(**MODERN))
+    idx = random_tokens(model.config)
+    logits, loss = model(idx, random_tokens(model.config, seed=1))
+    assert torch.equal(logits, torch.zeros_like(logits))
+    assert loss.item() == pytest.approx(math.log(model.config.vocab_size))
+    x = model.token_embedding(idx)
+    assert torch.equal(model.blocks[0](x), x)
+
+
+def test_an_untied_head_has_its_own_weights_and_is_not_counted_as_embedding():
+    tied, untied = seeded_gpt(tiny_config()), seeded_gpt(tiny_config(tie_embeddings=False))
+    assert tied.token_embedding.weight is tied.lm_head.weight
+    assert untied.token_embedding.weight is not untied.lm_head.weight
+    embedding = untied.token_embedding.weight.numel()
+    assert untied.num_parameters(non_embedding=False) == tied.num_parameters(non_embedding=False) + embedding
+    assert untied.num_parameters() == tied.num_parameters()  # the lookup table is left out, the head counts
+
+
+def test_qk_norm_keeps_attention_scores_bounded_however_large_the_weights():
+    model = seeded_gpt(tiny_config(qk_norm=True, n_layer=1))
+    with torch.no_grad():
+        model.blocks[0].attn.qkv.weight.mul_(1000.0)
+    x = model.token_embedding(random_tokens(model.config))
+    q, k, _ = model.blocks[0].attn._queries_keys_values(model.blocks[0].ln_1(x))
+    head_size = model.config.n_embd // model.config.n_head
+    # each normalised vector has length sqrt(head_size) times its gains (1 at the start)
+    assert (q @ k.transpose(-2, -1)).abs().max() <= head_size * 1.001

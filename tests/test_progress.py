@@ -64,7 +64,8 @@ def test_training_in_a_notebook_leaves_a_finished_bar(tmp_path):
         """
         import torch
         from ds9_utils.model import GPT, GPTConfig
-        from ds9_utils.train import TrainConfig, train
+        from ds9_utils.train import train
+        from ds9_utils.train_config import TrainConfig
         torch.manual_seed(0)
         model = GPT(GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=1, n_embd=8))
         data = torch.randint(0, 5, (500,))

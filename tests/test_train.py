@@ -16,6 +16,7 @@ import torch
 import ds9_utils.train as training
 from ds9_utils.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from ds9_utils.model import GPT, GPTConfig
+from ds9_utils.optim import configure_optimizer
 from ds9_utils.plots import loss_curve_png
 from ds9_utils.precision import (
     autocast,
@@ -30,14 +31,13 @@ from ds9_utils.tokenizers import CharTokenizer
 from ds9_utils.train import (
     WARMUP_SHARE,
     SingleProcess,
-    TrainConfig,
-    configure_optimizer,
     estimate_loss,
     get_batch,
     lr_at,
     set_seed,
     train,
 )
+from ds9_utils.train_config import TrainConfig
 
 TEXT = "Odo: I'm a changeling. Quark: And I'm a Ferengi. Sisko: Report to Ops, both of you!\n" * 12
 TOKENIZER = CharTokenizer.from_text(TEXT)
@@ -45,9 +45,11 @@ DATA = torch.tensor(TOKENIZER.encode(TEXT), dtype=torch.long)
 TRAIN_DATA, VAL_DATA = DATA[: int(0.9 * len(DATA))], DATA[int(0.9 * len(DATA)) :]
 
 
-def tiny_model(seed: int = 0, dropout: float = 0.1, vocab_size: int = TOKENIZER.vocab_size) -> GPT:
+def tiny_model(seed: int = 0, dropout: float = 0.1, vocab_size: int = TOKENIZER.vocab_size, **options) -> GPT:
     set_seed(seed)
-    return GPT(GPTConfig(vocab_size=vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=dropout))
+    return GPT(
+        GPTConfig(vocab_size=vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=dropout, **options)
+    )
 
 
 def tiny_config(**changes) -> TrainConfig:
@@ -94,6 +96,24 @@ def test_lr_schedule_warms_up_peaks_and_decays_to_min_lr():
     assert lrs[1000] == cfg.min_lr and lrs[1199] == cfg.min_lr
     shorter = replace(cfg, lr_decay_steps=500)
     assert lr_at(500, shorter) == cfg.min_lr and lr_at(499, shorter) > cfg.min_lr
+
+
+def test_wsd_schedule_holds_the_full_rate_then_falls_in_a_straight_line():
+    cfg = TrainConfig(
+        max_steps=1100, warmup_steps=100, learning_rate=1e-3, min_lr=1e-4, schedule="wsd", decay_share=0.4
+    )
+    lrs = [lr_at(step, cfg) for step in range(1200)]
+    assert lrs[99] == pytest.approx(cfg.learning_rate)
+    assert all(lr == pytest.approx(cfg.learning_rate) for lr in lrs[100:700]), "stable for the first 60% after warm-up"
+    decay = lrs[700:1100]
+    steps = [b - a for a, b in zip(decay, decay[1:])]
+    assert all(step == pytest.approx(steps[0]) and step < 0 for step in steps), "a straight line down"
+    assert lrs[900] == pytest.approx((cfg.learning_rate + cfg.min_lr) / 2)
+    assert lrs[1100] == cfg.min_lr and lrs[1199] == cfg.min_lr
+    timed = replace(cfg, max_steps=10**9, max_seconds=100.0, warmup_steps=10)
+    assert lr_at(50, timed, elapsed=59.0) == pytest.approx(cfg.learning_rate)
+    assert lr_at(50, timed, elapsed=80.0) == pytest.approx((cfg.learning_rate + cfg.min_lr) / 2)
+    assert lr_at(50, timed, elapsed=100.0) == pytest.approx(cfg.min_lr)
 
 
 def test_get_batch_targets_are_inputs_shifted_by_one_and_seeded():
@@ -161,6 +181,14 @@ def test_train_config_rejects_nonsense():
     for budget in (0.0, -5.0, float("nan"), float("inf")):  # a budget must be a real, positive time
         with pytest.raises(ValueError, match="max_seconds"):
             TrainConfig(max_seconds=budget)
+    for changes, message in (
+        ({"schedule": "linear"}, "schedule"),
+        ({"decay_share": 0.0}, "decay_share"),
+        ({"optimizer": "sgd"}, "optimizer"),
+        ({"muon_momentum": 1.0}, "muon"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**changes)
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -335,6 +363,48 @@ def test_resume_gives_exactly_the_weights_of_a_straight_run(tmp_path, straight_r
     assert without_clock(result.history) == without_clock(straight_result.history)
 
 
+MODERN_MODEL = dict(
+    positional="rotary", norm="rms", activation="relu2", qk_norm=True, zero_init=True, tie_embeddings=False
+)
+
+
+def test_a_modern_recipe_run_resumes_exactly_with_muon_state(tmp_path):
+    """Muon's momentum buffers and AdamW's moments travel in the checkpoint: stop at 6, resume to 12, same weights."""
+    cfg = tiny_config(optimizer="muon", schedule="wsd", muon_lr=0.02, max_steps=12)
+    straight = tiny_model(seed=0, **MODERN_MODEL)
+    straight_result = train(straight, TRAIN_DATA, VAL_DATA, cfg, progress=False)
+    path = tmp_path / "modern.pt"
+    train(
+        tiny_model(seed=0, **MODERN_MODEL),
+        TRAIN_DATA,
+        VAL_DATA,
+        replace(cfg, max_steps=6),
+        checkpoint_path=path,
+        progress=False,
+    )
+    resumed = tiny_model(seed=5, **MODERN_MODEL)
+    result = train(resumed, TRAIN_DATA, VAL_DATA, cfg, checkpoint_path=path, resume=True, progress=False)
+    assert result.steps == 12
+    assert_same_weights(straight, resumed)
+    assert without_clock(result.history) == without_clock(straight_result.history)
+    assert straight_result.val_loss < math.log(TOKENIZER.vocab_size)  # it learned (the start is uniform)
+
+
+def test_a_checkpoint_from_before_the_modern_options_still_loads_and_resumes(tmp_path, straight_run):
+    path = tmp_path / "old.pt"
+    train(tiny_model(seed=0), TRAIN_DATA, VAL_DATA, tiny_config(max_steps=6), checkpoint_path=path, progress=False)
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    for option in ("norm", "activation", "qk_norm", "zero_init", "tie_embeddings"):
+        raw["model_config"].pop(option)  # what an older version wrote
+    for option in ("schedule", "decay_share", "optimizer", "muon_lr", "muon_momentum"):
+        raw["train_config"].pop(option)
+    torch.save(raw, path)
+    assert load_checkpoint(path, device="cpu").model_config == tiny_model().config
+    resumed = tiny_model(seed=3)
+    train(resumed, TRAIN_DATA, VAL_DATA, tiny_config(max_steps=12), checkpoint_path=path, resume=True, progress=False)
+    assert_same_weights(straight_run[0], resumed)
+
+
 def test_interrupted_run_keeps_its_checkpoint_and_resumes_exactly(tmp_path, straight_run):
     straight_model, _ = straight_run
     path = tmp_path / "ckpt.pt"
@@ -477,6 +547,18 @@ def test_precision_follows_what_the_hardware_computes_natively():
     assert cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
     assert choose_precision("cpu") == ("bf16" if cpu_has_native_bf16() else "fp32")
     assert device_precision("cpu", enabled=False) == "fp32"
+
+
+def test_ds9_precision_overrides_the_devices_choice_but_not_a_run_without_autocast(monkeypatch):
+    for value, expected in (("bf16", "bf16"), ("FP32", "fp32"), (" fp16 ", "fp16")):
+        monkeypatch.setenv("DS9_PRECISION", value)
+        assert device_precision("cpu") == expected
+        assert device_precision("cpu", enabled=False) == "fp32"
+    monkeypatch.setenv("DS9_PRECISION", "")
+    assert device_precision("cpu") == choose_precision("cpu")
+    monkeypatch.setenv("DS9_PRECISION", "half")
+    with pytest.raises(ValueError, match="DS9_PRECISION='half' is not a number format: set it to one of bf16"):
+        device_precision("cpu")
 
 
 def test_only_float16_scales_the_loss():

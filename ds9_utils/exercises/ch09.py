@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 from ds9_utils.exercises import Exercise, number_problem, register
-from ds9_utils.train import TrainConfig, lr_at
+from ds9_utils.train import lr_at
+from ds9_utils.train_config import TrainConfig
 
 
 def stop_when_stuck(patience: int = 3):

@@ -1,0 +1,124 @@
+"""What each change of the modern recipe buys, alone and all together, at the same time budget and seeds.
+
+    python benchmarks/bench_recipe.py --seconds 120 --seeds 3                         # DS9, every variant
+    python benchmarks/bench_recipe.py --text input.txt --seconds 120 --seeds 3        # another text
+    python benchmarks/bench_recipe.py --variants classic modern --seconds 540 --seeds 3
+
+Every run trains a GPT of the course model's shape (``cpu`` preset: 4 layers, 4 heads, 128 wide, block 128,
+batches of 8) with ``ds9_utils.train.train`` for the same seconds of training, then measures it by one function
+on one held-out text: the mean loss over a fixed set of 200 batches of random windows, in float32. "classic" is
+the GPT-2 recipe of chapters 05-09 (LayerNorm, learned positions, GELU, tied head, AdamW, cosine); each other
+variant adds one change to it; "modern" has them all (the ``modern`` preset). The runs go round-robin (every
+variant once with seed 0, then every variant with seed 1...), so a machine that slows down for a while slows
+all variants alike. A seed sets the initial weights and the batches. Printed per variant: held-out nats, mean
+± standard deviation over the seeds, the difference to classic, and each run's steps and tokens per second
+with the precision it ran in, since a time budget's result depends on the machine's speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ds9_utils.course import CourseData, load_course_data, text_file_data
+from ds9_utils.evaluate import bits_per_char
+from ds9_utils.model import GPT, GPTConfig
+from ds9_utils.precision import device_precision
+from ds9_utils.presets import get_preset
+from ds9_utils.train import estimate_loss, set_seed, train
+from ds9_utils.train_config import TrainConfig
+
+EVAL_BATCHES = 200
+
+#: One change to the classic recipe each: (GPTConfig changes, TrainConfig changes). The values are the modern
+#: preset's, so that "modern" is every row at once.
+CHANGES: dict[str, tuple[dict, dict]] = {
+    "muon": ({}, {"optimizer": "muon"}),
+    "rotary": ({"positional": "rotary"}, {}),
+    "qk_norm": ({"qk_norm": True}, {}),
+    "relu2": ({"activation": "relu2"}, {}),
+    "rmsnorm": ({"norm": "rms"}, {}),
+    "zero_init": ({"zero_init": True}, {}),
+    "untied": ({"tie_embeddings": False}, {}),
+    "wsd": ({}, {"schedule": "wsd"}),
+}
+
+
+def variant(name: str, vocab_size: int, seconds: float) -> tuple[GPTConfig, TrainConfig]:
+    """The model's shape and the recipe of one variant, trained for ``seconds``."""
+    if name == "modern":
+        preset = get_preset("modern")
+        model_kwargs, recipe = dict(preset.model_kwargs), preset.train_config
+    else:
+        classic = get_preset("classic")
+        model_changes, recipe_changes = CHANGES.get(name, ({}, {}))
+        model_kwargs = {**classic.model_kwargs, **model_changes}
+        recipe = replace(classic.train_config, **recipe_changes)
+        if name in CHANGES and "optimizer" in recipe_changes:  # Muon's own rate comes with it
+            recipe = replace(recipe, muon_lr=get_preset("modern").train_config.muon_lr)
+    recipe = replace(recipe, max_seconds=seconds, device="cpu", eval_interval=10**9)
+    return GPTConfig(vocab_size=vocab_size, **model_kwargs), recipe
+
+
+def run(name: str, data: CourseData, seconds: float, seed: int) -> dict:
+    config, recipe = variant(name, data.tokenizer.vocab_size, seconds)
+    recipe = replace(recipe, seed=seed)
+    set_seed(seed)
+    model = GPT(config)
+    result = train(model, data.train, data.val, recipe, progress=False)
+    held_out = estimate_loss(model, {"val": data.val}, eval_iters=EVAL_BATCHES, batch_size=8, autocast=False)["val"]
+    return {
+        "variant": name,
+        "seed": seed,
+        "held_out_nats": held_out,
+        "steps": result.steps,
+        "tokens_per_second": round(result.tokens_per_second),
+        "precision": device_precision("cpu", recipe.autocast),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--text", type=Path, help="a UTF-8 text file (default: the DS9 corpus, by episode)")
+    parser.add_argument("--seconds", type=float, default=120.0, help="training time of every run (default 120)")
+    parser.add_argument("--seeds", type=int, default=3, help="runs per variant (default 3)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["classic", *CHANGES, "modern"],
+        choices=["classic", *CHANGES, "modern"],
+        help="which variants to run (default: all)",
+    )
+    args = parser.parse_args()
+    data = text_file_data(args.text) if args.text else load_course_data()
+    print(f"{args.text or 'DS9 corpus'}: {data}; {args.seconds:.0f} s a run; {torch.get_num_threads()} threads")
+    runs: list[dict] = []
+    for seed in range(args.seeds):
+        for name in args.variants:
+            runs.append(run(name, data, args.seconds, seed))
+            print(json.dumps(runs[-1]), flush=True)
+    by_variant = {name: [r["held_out_nats"] for r in runs if r["variant"] == name] for name in args.variants}
+    baseline = statistics.mean(by_variant["classic"]) if "classic" in by_variant else None
+    print(f"\n{'variant':<10} {'held-out nats':>20} {'bits/char':>9} {'vs classic':>10} {'steps':>14} {'tokens/s':>9}")
+    for name, losses in by_variant.items():
+        mean = statistics.mean(losses)
+        spread = statistics.stdev(losses) if len(losses) > 1 else 0.0
+        own = [r for r in runs if r["variant"] == name]
+        steps = statistics.mean(r["steps"] for r in own)
+        speed = statistics.mean(r["tokens_per_second"] for r in own)
+        delta = f"{mean - baseline:+.3f}" if baseline is not None else "-"
+        print(
+            f"{name:<10} {mean:>12.3f} ± {spread:.3f} {bits_per_char(mean):>9.3f} {delta:>10} "
+            f"{steps:>14,.0f} {speed:>9,.0f}  ({own[0]['precision']}, {len(losses)} seeds)"
+        )
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
