@@ -1,16 +1,19 @@
-"""Model quality at equal time: the command line's ``train --text`` against nanoGPT's CPU recipe, same budget.
+"""Model quality at equal time: the course's recipe, its classic GPT-2 recipe and nanoGPT's, same budget.
 
     python benchmarks/bench_quality.py --text input.txt --nanogpt /path/to/nanoGPT              # 120 s each
-    python benchmarks/bench_quality.py --text input.txt --nanogpt /path/to/nanoGPT --rounds 2   # ABBA order
+    python benchmarks/bench_quality.py --text input.txt --nanogpt /path/to/nanoGPT --rounds 2   # two orders
 
-Ours is exactly what a user runs, ``python -m ds9_utils train --text FILE --max-seconds S`` with its defaults,
-in a subprocess (on a CPU it picks the preset made for the budget: ``brief`` for 120 s, see ``ds9_utils.presets``).
+"modern" is exactly what a user runs, ``python -m ds9_utils train --text FILE --max-seconds S`` with its
+defaults, in a subprocess (on a CPU it picks the preset made for the budget: ``brief`` for 120 s, see
+``ds9_utils.presets``: the speedruns' recipe). "classic" is the same command with ``--preset classic``: the GPT-2
+recipe of chapters 05-08 at the course model's shape.
 nanoGPT's is its CPU run of shakespeare-char (4 layers, 4 heads, 128 wide, block 64, batch 12, no dropout,
 float32, no compile) with AdamW at 1e-3, 100 warm-up steps and a cosine to 1e-4 laid over the same
 S seconds, so it too ends annealed. Both models are then measured by the same function on the same held-out
 text (the last 10% of the file, which neither trained on): the mean loss over a fixed set of 200 batches of
 random windows (float32, each model at its own context length). The machine's load changes both runs'
-speed, so run them on a quiet machine, or with ``--rounds 2`` (ours, nanoGPT, nanoGPT, ours) to see the spread.
+speed, so run them on a quiet machine, or with ``--rounds 2`` (the second round in the reverse order) to see
+the spread.
 """
 
 from __future__ import annotations
@@ -45,9 +48,11 @@ def held_out_loss(model: torch.nn.Module, val: torch.Tensor) -> float:
     ]
 
 
-def train_ours(text: Path, seconds: float, out: Path) -> tuple[float, dict]:
-    """Run the command line with its defaults for a time budget; its final JSON line and our held-out loss."""
+def train_ours(text: Path, seconds: float, out: Path, preset: str | None = None) -> tuple[float, dict]:
+    """Run the command line for a time budget (with its default preset, or ``preset``); its final JSON line and
+    our held-out loss."""
     command = [sys.executable, "-m", "ds9_utils", "train", "--text", str(text), "--max-seconds", str(seconds)]
+    command += ["--preset", preset] if preset else []
     run = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, check=False)
     if run.returncode != 0:
         sys.exit(f"{' '.join(command)} failed ({run.returncode}):\n{run.stderr[-2000:]}")
@@ -97,28 +102,33 @@ def main() -> None:
     parser.add_argument("--text", type=Path, required=True, help="a UTF-8 text, e.g. tiny Shakespeare's input.txt")
     parser.add_argument("--nanogpt", type=Path, required=True, help="a nanoGPT checkout (its model.py is imported)")
     parser.add_argument("--seconds", type=float, default=120.0, help="training time of each run (default 120)")
-    parser.add_argument("--rounds", type=int, default=1, help="pairs of runs; odd rounds run nanoGPT first")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of the three runs; each round reverses the order")
     parser.add_argument("--seed", type=int, default=1337)
     args = parser.parse_args()
     if not (args.nanogpt / "model.py").is_file():
         sys.exit(f"--nanogpt {args.nanogpt}: no model.py there; pass the folder of a nanoGPT checkout")
-    results: dict[str, list[float]] = {"ours": [], "nanoGPT": []}
+    results: dict[str, list[float]] = {"modern": [], "classic": [], "nanoGPT": []}
     with tempfile.TemporaryDirectory() as scratch:
         for round_index in range(args.rounds):
-            order = ["ours", "nanoGPT"] if round_index % 2 == 0 else ["nanoGPT", "ours"]
+            order = list(results) if round_index % 2 == 0 else list(reversed(results))
             for name in order:
-                if name == "ours":
-                    loss, info = train_ours(args.text, args.seconds, Path(scratch) / f"ours-{round_index}.pt")
-                else:
+                if name == "nanoGPT":
                     loss, info = train_nanogpt(args.text, args.seconds, args.nanogpt, args.seed)
+                else:
+                    preset = "classic" if name == "classic" else None
+                    loss, info = train_ours(args.text, args.seconds, Path(scratch) / f"{name}-{round_index}.pt", preset)
                 results[name].append(loss)
                 print(
                     f"{name:>7}: held-out {loss:.4f} nats = {bits_per_char(loss):.4f} bpc; {json.dumps(info)}",
                     flush=True,
                 )
-    ours, theirs = (sum(values) / len(values) for values in results.values())
-    print(f"mean held-out loss: ours {ours:.4f} nats, nanoGPT {theirs:.4f} nats, ours - nanoGPT = {ours - theirs:+.4f}")
-    print(json.dumps({"seconds": args.seconds, "text": str(args.text), **results, "difference": ours - theirs}))
+    means = {name: sum(values) / len(values) for name, values in results.items()}
+    print("mean held-out loss (nats): " + ", ".join(f"{name} {mean:.4f}" for name, mean in means.items()))
+    print(
+        f"modern - classic = {means['modern'] - means['classic']:+.4f}, "
+        f"modern - nanoGPT = {means['modern'] - means['nanoGPT']:+.4f}"
+    )
+    print(json.dumps({"seconds": args.seconds, "text": str(args.text), **results, "means": means}))
 
 
 if __name__ == "__main__":

@@ -4,11 +4,12 @@
     python benchmarks/bench_recipe.py --text input.txt --seconds 120 --seeds 3        # another text
     python benchmarks/bench_recipe.py --variants classic modern --seconds 540 --seeds 3
 
-Every run trains a GPT of the course model's shape (``cpu`` preset: 4 layers, 4 heads, 128 wide, block 128,
-batches of 8) with ``ds9_utils.train.train`` for the same seconds of training, then measures it by one function
-on one held-out text: the mean loss over a fixed set of 200 batches of random windows, in float32. "classic" is
-the GPT-2 recipe of chapters 05-09 (LayerNorm, learned positions, GELU, tied head, AdamW, cosine); each other
-variant adds one change to it; "modern" has them all (the ``modern`` preset). The runs go round-robin (every
+Every run trains a GPT of the course model's shape (4 layers, 4 heads, 128 wide, block 128, batches of 8) with
+``ds9_utils.train.train`` for the same seconds of training, then measures it by one function on one held-out
+text: the mean loss over a fixed set of 200 batches of random windows, in float32. "classic" is the GPT-2
+recipe of chapters 05-08 (the ``classic`` preset: LayerNorm, learned positions, GELU, tied head, AdamW,
+cosine); each other variant adds one change to it; "modern" has them all (the ``cpu`` preset, the course
+model). The runs go round-robin (every
 variant once with seed 0, then every variant with seed 1...), so a machine that slows down for a while slows
 all variants alike. A seed sets the initial weights and the batches. Printed per variant: held-out nats, mean
 ± standard deviation over the seeds, the difference to classic, and each run's steps and tokens per second
@@ -30,38 +31,36 @@ from ds9_utils.course import CourseData, load_course_data, text_file_data
 from ds9_utils.evaluate import bits_per_char
 from ds9_utils.model import GPT, GPTConfig
 from ds9_utils.precision import device_precision
-from ds9_utils.presets import get_preset
+from ds9_utils.presets import MODERN_ARCHITECTURE, MODERN_TRAINING, get_preset
 from ds9_utils.train import estimate_loss, set_seed, train
 from ds9_utils.train_config import TrainConfig
 
 EVAL_BATCHES = 200
 
-#: One change to the classic recipe each: (GPTConfig changes, TrainConfig changes). The values are the modern
-#: preset's, so that "modern" is every row at once.
+#: One change to the classic recipe each: (GPTConfig changes, TrainConfig changes), with the course model's
+#: values, so that "modern" is every row at once.
 CHANGES: dict[str, tuple[dict, dict]] = {
-    "muon": ({}, {"optimizer": "muon"}),
-    "rotary": ({"positional": "rotary"}, {}),
-    "qk_norm": ({"qk_norm": True}, {}),
-    "relu2": ({"activation": "relu2"}, {}),
-    "rmsnorm": ({"norm": "rms"}, {}),
-    "zero_init": ({"zero_init": True}, {}),
-    "untied": ({"tie_embeddings": False}, {}),
-    "wsd": ({}, {"schedule": "wsd"}),
+    "muon": ({}, {key: MODERN_TRAINING[key] for key in ("optimizer", "muon_lr")}),
+    "rotary": ({"positional": MODERN_ARCHITECTURE["positional"]}, {}),
+    "qk_norm": ({"qk_norm": MODERN_ARCHITECTURE["qk_norm"]}, {}),
+    "relu2": ({"activation": MODERN_ARCHITECTURE["activation"]}, {}),
+    "rmsnorm": ({"norm": MODERN_ARCHITECTURE["norm"]}, {}),
+    "zero_init": ({"zero_init": MODERN_ARCHITECTURE["zero_init"]}, {}),
+    "untied": ({"tie_embeddings": MODERN_ARCHITECTURE["tie_embeddings"]}, {}),
+    "wsd": ({}, {"schedule": MODERN_TRAINING["schedule"]}),
 }
 
 
 def variant(name: str, vocab_size: int, seconds: float) -> tuple[GPTConfig, TrainConfig]:
     """The model's shape and the recipe of one variant, trained for ``seconds``."""
     if name == "modern":
-        preset = get_preset("modern")
-        model_kwargs, recipe = dict(preset.model_kwargs), preset.train_config
+        preset = get_preset("cpu")
+        model_kwargs, recipe = preset.model_kwargs, preset.train_config
     else:
         classic = get_preset("classic")
         model_changes, recipe_changes = CHANGES.get(name, ({}, {}))
         model_kwargs = {**classic.model_kwargs, **model_changes}
         recipe = replace(classic.train_config, **recipe_changes)
-        if name in CHANGES and "optimizer" in recipe_changes:  # Muon's own rate comes with it
-            recipe = replace(recipe, muon_lr=get_preset("modern").train_config.muon_lr)
     recipe = replace(recipe, max_seconds=seconds, device="cpu", eval_interval=10**9)
     return GPTConfig(vocab_size=vocab_size, **model_kwargs), recipe
 

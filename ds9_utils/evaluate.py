@@ -7,6 +7,7 @@ Three questions notebook 11 asks of the course model, each answered by a small f
 - Does what it writes look like a transcript? ``classify_line`` sorts one line into speaker line, stage
   direction, scene heading or malformed; ``scene_format_report`` summarises a generated text that way and
   counts how many speakers it names are real ones.
+- Does it write real words? ``real_words_share`` counts the share of its words found in the training text.
 - Does it invent, or does it recite? ``longest_copied_substring`` finds the longest stretch of the generated
   text that appears word for word in the training text; ``SuffixIndex`` makes that fast for many samples.
 """
@@ -238,6 +239,27 @@ def longest_copied_substring(generated: str, training_text: str | SuffixIndex) -
         while start + best_length < len(generated) and contains(generated[start : start + best_length + 1]):
             best_start, best_length = start, best_length + 1
     return best_length, generated[best_start : best_start + best_length]
+
+
+#: A word: letters, with apostrophes or hyphens inside (``O'Brien``, ``Quark's``, ``twenty-four``).
+WORD = re.compile(r"[A-Za-z]+(?:['-][A-Za-z]+)*")
+
+
+def words(text: str) -> list[str]:
+    """The words of ``text``, lower-cased (``SISKO`` and ``Sisko`` are one word)."""
+    return [word.lower() for word in WORD.findall(text)]
+
+
+def real_words_share(generated: str, known_words: Iterable[str] | str) -> float:
+    """The share of the words in ``generated`` that occur in ``known_words`` (a text, or its ``words``).
+
+    A model that spells ("the station is quiet") scores near 1 against its training text; one that strings
+    likely letters together ("the qualinions station") scores lower, whatever its loss says. Case is ignored.
+    A text with no words scores 0.
+    """
+    vocabulary = set(words(known_words)) if isinstance(known_words, str) else {w.lower() for w in known_words}
+    found = words(generated)
+    return sum(word in vocabulary for word in found) / len(found) if found else 0.0
 
 
 # ---------------------------------------------------------------------------------------------- compression

@@ -249,21 +249,29 @@ def test_muon_update_draws_the_singular_values_of_the_orthogonalized_gradient():
     assert any(line.get_linestyle() == "--" and list(line.get_ydata()) == [1.0, 1.0] for line in panel.lines)
 
 
-# The code that builds each chapter's mechanism: its diagram must come before the first code cell with one of these.
+#: The diagrams each chapter draws before it builds their mechanisms: its own (``diagrams.BY_CHAPTER``) and, in
+#: chapter 09, those of the speedrun recipe it teaches (rotary positions, Muon).
+BY_CHAPTER = {chapter: [draw.__name__] for chapter, draw in diagrams.BY_CHAPTER.items()}
+BY_CHAPTER["09"] = ["training_loop", "rotary_positions", "muon_update"]
+
+# The code that builds each diagram's mechanism: the diagram must come before the first code cell with one of these.
 MECHANISM_CODE = {
-    "01": ["following_counts(", "count_table("],
-    "03": ["zip(example, example[1:])", "Counter(zip(", "index_put_("],
-    "05": ["xbow", "class OneHead"],
-    "06": ["class ManyHeads", "MultiHeadAttention("],
-    "07": ["class MyFeedForward", "class MyBlock"],
-    "08": ["def my_sinusoidal", "sinusoidal_positions("],
-    "09": ["def train_by_hand", "train(by_library"],
-    "10": ["cache_numbers", "use_cache=use_cache"],
-    "12": ["def get_pair_counts", "def merge(", "train_bpe_by_hand("],
-    "13": ["layer = base.blocks[0].attn.qkv", "LoRALinear"],
-    "14": ["scene_prompts(", "sample_completions(", "RewardModel("],
-    "15": ["gradients(xb", "torch.distributed.run"],
+    "next_token": ["following_counts(", "count_table("],
+    "bigram_table": ["zip(example, example[1:])", "Counter(zip(", "index_put_("],
+    "attention": ["xbow", "class OneHead"],
+    "heads": ["class ManyHeads", "MultiHeadAttention("],
+    "transformer_block": ["class MyFeedForward", "class MyBlock"],
+    "positional_encoding": ["def my_sinusoidal", "sinusoidal_positions("],
+    "training_loop": ["def train_by_hand", "train(by_library"],
+    "rotary_positions": ["def rotate_by_hand", "rotary_angles("],
+    "muon_update": ["def newton_schulz", "orthogonalize("],
+    "kv_cache": ["cache_numbers", "use_cache=use_cache"],
+    "bpe_merges": ["def get_pair_counts", "def merge(", "train_bpe_by_hand("],
+    "lora": ["layer = base.blocks[0].attn.qkv", "LoRALinear"],
+    "rlhf_loop": ["scene_prompts(", "sample_completions(", "RewardModel("],
+    "data_parallel": ["gradients(xb", "torch.distributed.run"],
 }
+DRAWN = [(chapter, name) for chapter, names in sorted(BY_CHAPTER.items()) for name in names]
 
 
 def notebook_cells(chapter: str) -> list[dict]:
@@ -272,9 +280,8 @@ def notebook_cells(chapter: str) -> list[dict]:
     return [{**cell, "source": "".join(cell["source"])} for cell in cells]
 
 
-@pytest.mark.parametrize("chapter", sorted(diagrams.BY_CHAPTER))
-def test_each_chapter_shows_its_diagram_before_building_the_mechanism(chapter):
-    name = diagrams.BY_CHAPTER[chapter].__name__
+@pytest.mark.parametrize("chapter, name", DRAWN, ids=[f"{chapter}-{name}" for chapter, name in DRAWN])
+def test_each_chapter_shows_its_diagram_before_building_the_mechanism(chapter, name):
     cells = notebook_cells(chapter)
     drawing = [
         i for i, cell in enumerate(cells) if cell["cell_type"] == "code" and f"diagrams.{name}(" in cell["source"]
@@ -288,9 +295,9 @@ def test_each_chapter_shows_its_diagram_before_building_the_mechanism(chapter):
     builds = [
         i
         for i, cell in enumerate(cells)
-        if cell["cell_type"] == "code"
-        and i != index
-        and any(code in cell["source"] for code in MECHANISM_CODE[chapter])
+        if cell["cell_type"] == "code" and i != index and any(code in cell["source"] for code in MECHANISM_CODE[name])
     ]
-    assert builds, f"chapter {chapter}: none of {MECHANISM_CODE[chapter]} found; update MECHANISM_CODE"
-    assert index < builds[0], f"chapter {chapter}: the diagram (cell {index}) comes after the code (cell {builds[0]})"
+    assert builds, f"chapter {chapter}: none of {MECHANISM_CODE[name]} found; update MECHANISM_CODE"
+    assert index < builds[0], (
+        f"chapter {chapter}: diagrams.{name} (cell {index}) comes after its code (cell {builds[0]})"
+    )

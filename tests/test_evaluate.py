@@ -15,9 +15,11 @@ from ds9_utils.evaluate import (
     classify_line,
     line_losses,
     longest_copied_substring,
+    real_words_share,
     scene_format_report,
     speaker_counts,
     token_losses,
+    words,
 )
 from ds9_utils.model import GPT, BigramLanguageModel, GPTConfig
 
@@ -244,3 +246,12 @@ def test_line_losses_splits_per_character_losses_by_line():
     assert rows[2]["characters"] == len("(She leaves)")
     with pytest.raises(ValueError):
         line_losses(text, losses[:-1])
+
+
+def test_real_words_share_counts_the_words_found_in_the_known_text():
+    training = "SISKO: Report to Ops, Major. O'BRIEN: The station's shields are holding at twenty-four percent."
+    assert words("O'Brien's station, twenty-four!") == ["o'brien's", "station", "twenty-four"]
+    assert real_words_share("Sisko: the shields are holding.", training) == 1.0
+    assert real_words_share("KIRA: The qualinions shields holds.", training) == pytest.approx(2 / 5)
+    assert real_words_share("SISKO: The station.", ["sisko", "The"]) == pytest.approx(2 / 3)
+    assert real_words_share("?!", training) == 0.0

@@ -191,3 +191,36 @@ def test_the_exercise_cells_run_on_their_own_and_call_the_starters_not_yet(noteb
     ids = [exercise_id for cell in section for exercise_id in CHECK_CALL.findall(cell.source)]
     assert len(ids) == 3
     assert [line.split(":")[0] for line in lines] == ["❌ not yet"] * len(ids)
+
+
+def _verdict(exercise_id: str, answer) -> str:
+    right, output = printed(check, exercise_id, answer)
+    assert bool(right) is False
+    return output
+
+
+def test_the_rotary_exercise_names_the_typical_mistakes():
+    from ds9_utils.exercises import ch09
+    from ds9_utils.model import rotate
+
+    assert "minus the angle" in _verdict("09.4", lambda x, cos, sin: rotate(x, cos, -sin))
+    assert "paired neighbours (x[2i], x[2i+1])" in _verdict("09.4", ch09._rotate_neighbours)
+    unconverted = _verdict("09.4", lambda x, cos, sin: rotate(x.float(), cos, sin))
+    assert "returns torch.float32, expected torch.bfloat16" in unconverted
+    assert "is off at index" in _verdict("09.4", lambda x, cos, sin: x)
+
+
+def test_the_newton_schulz_exercise_names_the_typical_mistakes():
+    from ds9_utils.optim import NEWTON_SCHULZ, orthogonalize
+
+    def unnormalised(matrix):
+        a, b, c = NEWTON_SCHULZ
+        x = matrix
+        for _ in range(5):
+            gram = x @ x.T
+            x = a * x + (b * gram + c * gram @ gram) @ x
+        return x
+
+    assert "divide the matrix by its norm" in _verdict("09.5", unnormalised)
+    assert "you ran 3 Newton-Schulz steps; take 5" in _verdict("09.5", lambda matrix: orthogonalize(matrix, steps=3))
+    assert "is off at index" in _verdict("09.5", lambda matrix: matrix)

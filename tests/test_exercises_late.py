@@ -33,8 +33,9 @@ def test_the_exercise_section_runs_on_its_own_and_the_starters_are_not_yet_right
         for cell in section:
             exec(compile(cell.source, f"{notebook.name} cell {cell.get('id')}", "exec"), namespace)
     ids = [exercise_id for cell in section for exercise_id in CHECK_CALL.findall(cell.source)]
-    assert ids == [f"{notebook.name[:2]}.{n}" for n in (1, 2, 3)]
-    assert [line.split(":")[0] for line in output.getvalue().splitlines()] == ["❌ not yet"] * 3
+    assert len(ids) >= 3
+    assert ids == [f"{notebook.name[:2]}.{n}" for n in range(1, len(ids) + 1)]
+    assert [line.split(":")[0] for line in output.getvalue().splitlines()] == ["❌ not yet"] * len(ids)
 
 
 @pytest.mark.parametrize("notebook", LATE, ids=lambda path: path.stem)

@@ -26,7 +26,7 @@ from ds9_utils.precision import (
     grad_scaler,
     should_compile,
 )
-from ds9_utils.presets import PRESETS, default_preset
+from ds9_utils.presets import MODERN_ARCHITECTURE, MODERN_TRAINING, PRESETS, default_preset
 from ds9_utils.tokenizers import CharTokenizer
 from ds9_utils.train import (
     WARMUP_SHARE,
@@ -38,6 +38,11 @@ from ds9_utils.train import (
     train,
 )
 from ds9_utils.train_config import TrainConfig
+
+#: GPTConfig's defaults for the options the modern recipe changes: GPT-2's choices.
+CLASSIC_DEFAULTS = dict(
+    positional="learned", norm="layer", activation="gelu", qk_norm=False, zero_init=False, tie_embeddings=True
+)
 
 TEXT = "Odo: I'm a changeling. Quark: And I'm a Ferengi. Sisko: Report to Ops, both of you!\n" * 12
 TOKENIZER = CharTokenizer.from_text(TEXT)
@@ -171,6 +176,17 @@ def test_a_time_budget_on_a_cpu_picks_the_preset_made_for_it(monkeypatch):
         assert default_preset("cpu", max_seconds=seconds) == expected, seconds
     assert default_preset("cuda", max_seconds=60) == "gpu", "a GPU trains its own preset in any budget"
     assert default_preset("cpu") == "cpu", "no budget: the course model"
+    assert all(default_preset("cpu", max_seconds=s) != "classic" for s in (60, 540, 7200)), "classic is only named"
+
+
+def test_the_course_presets_train_the_modern_recipe_and_classic_keeps_gpt2s():
+    for name in ("quick", "brief", "small", "cpu"):
+        config, recipe = PRESETS[name].gpt_config(80), PRESETS[name].train_config
+        assert all(getattr(config, key) == value for key, value in MODERN_ARCHITECTURE.items()), name
+        assert all(getattr(recipe, key) == value for key, value in MODERN_TRAINING.items()), name
+    classic, course = PRESETS["classic"], PRESETS["cpu"]
+    assert classic.gpt_config(80) == GPTConfig(vocab_size=80, **{**course.model_kwargs, **CLASSIC_DEFAULTS})
+    assert replace(classic.train_config, **MODERN_TRAINING) == course.train_config, "the same budget and batches"
 
 
 def test_train_config_rejects_nonsense():

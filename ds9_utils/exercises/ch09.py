@@ -1,10 +1,16 @@
-"""Chapter 09's exercises: early stopping, the learning-rate schedule, what bits per character mean."""
+"""Chapter 09's exercises: early stopping, the learning-rate schedule, what bits per character mean, rotary
+positions and Muon's Newton-Schulz iteration."""
 
 from __future__ import annotations
 
 import math
 
-from ds9_utils.exercises import Exercise, number_problem, register
+import torch
+
+from ds9_utils.exercises import Exercise, close_problem, number_problem, register
+from ds9_utils.model import rotary_angles
+from ds9_utils.model import rotate as _library_rotate
+from ds9_utils.optim import orthogonalize as _library_orthogonalize
 from ds9_utils.train import lr_at
 from ds9_utils.train_config import TrainConfig
 
@@ -134,5 +140,121 @@ register(
         check=_check_bits_summary,
         solution=bits_summary,
         verified="b bits per character = a probability of 2^-b for the right character, and b/8 bytes per character",
+    )
+)
+
+
+def rotate(x, cos, sin):
+    # Pair i of each row is (x[..., i], x[..., i + d/2]): the first half against the second half.
+    first, second = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # keep x's number format (bfloat16 under autocast)
+    # Turn each pair (a, b) by its angle: (a cos - b sin, a sin + b cos).
+    return torch.cat((first * cos - second * sin, first * sin + second * cos), dim=-1)
+
+
+def _rotate_backwards(x, cos, sin):
+    """A typical mistake: turning by minus the angle."""
+    return _library_rotate(x, cos, -sin)
+
+
+def _rotate_neighbours(x, cos, sin):
+    """A typical mistake: pairing neighbours (x[2i], x[2i+1]) instead of the two halves."""
+    even, odd = x[..., 0::2], x[..., 1::2]
+    turned = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+    return turned.flatten(-2).to(x.dtype)
+
+
+def _rotary_cases() -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(9)
+    cases = []
+    for shape in [(6, 8), (2, 3, 10, 16), (1, 1, 4, 2)]:
+        *_, positions, head_size = shape
+        cos, sin = rotary_angles(positions, head_size)
+        cases.append((f"x of shape {shape}", torch.randn(shape, generator=generator), cos, sin))
+    cos, sin = rotary_angles(5, 8)
+    cases.append(("a bfloat16 x of shape (5, 8), as under autocast", torch.randn(5, 8).to(torch.bfloat16), cos, sin))
+    return cases
+
+
+def _check_rotate(answer) -> list[str]:
+    for what, x, cos, sin in _rotary_cases():
+        expected = _library_rotate(x, cos, sin)
+        got = answer(x.clone(), cos, sin)
+        if isinstance(got, torch.Tensor) and tuple(got.shape) == tuple(expected.shape) and got.dtype != x.dtype:
+            return [
+                f"for {what}, your rotate returns {got.dtype}, expected {x.dtype} (the dtype of x): turn cos and sin "
+                "into x's dtype first, `cos.to(x.dtype)`"
+            ]
+        problem = close_problem(f"rotate({what}, cos, sin)", got, expected, atol=1e-5, rtol=1e-4)
+        if problem is None:
+            continue
+        if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+            return [problem]
+        for mistake, hint in (
+            (_rotate_backwards, "you turned by minus the angle: pair (a, b) becomes (a cos - b sin, a sin + b cos)"),
+            (
+                _rotate_neighbours,
+                "you paired neighbours (x[2i], x[2i+1]); rotate pairs x[i] with x[i + d/2], the first half of "
+                "the numbers with the second half",
+            ),
+        ):
+            if torch.allclose(got.detach().double(), mistake(x, cos, sin).double(), atol=1e-5, rtol=1e-4):
+                return [f"{hint} ({problem})"]
+        return [problem]
+    return []
+
+
+register(
+    Exercise(
+        id="09.4",
+        title="Rotary positions",
+        check=_check_rotate,
+        solution=rotate,
+        verified="the same turned queries and keys as ds9_utils.model.rotate, at every position and pair",
+    )
+)
+
+
+def orthogonalize(matrix):
+    a, b, c = 3.4445, -4.7750, 2.0315
+    # Work on the wide side (fewer rows than columns), so that A = X X^T is the smaller square.
+    tall = matrix.size(0) > matrix.size(1)
+    x = matrix.T if tall else matrix
+    x = x / x.norm()  # every singular value is now at most 1
+    for _ in range(5):  # each step maps every singular value s to a s + b s^3 + c s^5, closer to 1
+        A = x @ x.T
+        x = a * x + (b * A + c * A @ A) @ x
+    return x.T if tall else x
+
+
+def _check_orthogonalize(answer) -> list[str]:
+    generator = torch.Generator().manual_seed(5)
+    for shape in [(8, 24), (16, 16), (24, 8), (3, 40)]:
+        matrix = torch.randn(shape, generator=generator) * torch.logspace(0, -2, shape[1])
+        what = f"orthogonalize of a {shape[0]} x {shape[1]} matrix"
+        expected = _library_orthogonalize(matrix)
+        got = answer(matrix.clone())
+        problem = close_problem(what, got, expected, atol=1e-3, rtol=1e-3)
+        if problem is None:
+            continue
+        if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+            return [problem]
+        got = got.detach().float()
+        if not torch.isfinite(got).all() or got.norm() > 100 * expected.norm():
+            return [f"{what} grows without bound: divide the matrix by its norm before the steps ({problem})"]
+        for steps in range(1, 11):
+            if steps != 5 and torch.allclose(got, _library_orthogonalize(matrix, steps=steps), atol=1e-3, rtol=1e-3):
+                return [f"{what}: you ran {steps} Newton-Schulz steps; take 5 ({problem})"]
+        return [problem]
+    return []
+
+
+register(
+    Exercise(
+        id="09.5",
+        title="Newton-Schulz: Muon's orthogonalisation",
+        check=_check_orthogonalize,
+        solution=orthogonalize,
+        verified="the same nearly orthogonal matrix as ds9_utils.optim.orthogonalize, wide, square and tall",
     )
 )
