@@ -115,9 +115,24 @@ def test_an_unreadable_torch_file_is_one_clear_line(tmp_path, content):
         load_torch(tmp_path / "missing.pt", "cpu", what="adapter", remedy="save it again")
 
 
+class CreatesAFile:
+    """A pickle that runs code when it is opened: unpickling it calls ``open(marker, "w")``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
 def test_a_file_that_would_run_code_is_refused(tmp_path):
-    """weights_only: a pickle of an arbitrary object is not loaded."""
+    """weights_only: a pickle that would run code (create a file) is refused, and the code does not run."""
     path = tmp_path / "evil.pt"
-    torch.save({"object": ValueError("code")}, path)
+    marker = tmp_path / "the code ran"
+    torch.save({"object": CreatesAFile(marker)}, path)
     with pytest.raises(ValueError, match="not a readable checkpoint"):
         load_torch(path, "cpu", what="checkpoint", remedy="train one")
+    assert not marker.exists()
+    # The file really runs code when loaded without weights_only: the test tests what its name says.
+    torch.load(path, weights_only=False)["object"].close()  # the handle open() returned
+    assert marker.exists()
