@@ -166,7 +166,14 @@ def cmd_download(args: argparse.Namespace) -> int:
     for failure in report.failed:
         print(f"  failed: {failure['page']}: {failure['reason']}")
     _print_json(report.to_dict())
-    return EXIT_FAILURE if report.failed and not (report.downloaded or report.cached) else 0
+    if report.failed and not (report.downloaded or report.cached):
+        print(
+            f"error: every page failed ({len(report.failed)} of them, reasons above); check --base-url / "
+            "DS9_BASE_URL and your connection, then run again",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    return 0
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:

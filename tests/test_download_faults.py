@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from servers import SilentServer, make_first_request_fault_server, page_html, write_site
+from servers import SilentServer, make_drip_server, make_first_request_fault_server, page_html, write_site
 
 from ds9_utils.download import DownloadConfig, DownloadError, download_transcripts, pages_dir
 
@@ -110,6 +110,24 @@ def test_a_server_that_never_answers_costs_one_page_deadline_then_one_clear_line
     assert 2 <= server.log.attempts["episodes.htm"] <= 4
     message = str(raised.value)
     assert "\n" not in message and "episodes.htm" in message and "DS9_BASE_URL" in message
+    assert files_under(tmp_path) == {}
+
+
+@pytest.mark.parametrize("where", ["headers", "body"])
+def test_a_server_that_sends_one_byte_a_second_is_cut_off_at_the_page_deadline(tmp_path, where):
+    """Each byte resets the read time-out (20 s here), so only a wall-clock deadline ends the page."""
+    config = DownloadConfig(delay=0.0, retries=3, backoff=0.05, page_deadline=1.5)
+    server, log = make_drip_server(where)
+    started = time.monotonic()
+    try:
+        with pytest.raises(DownloadError) as raised:
+            download_transcripts(server.url, tmp_path, config, progress=False)
+    finally:
+        server.close()
+    seconds = time.monotonic() - started
+    assert 1.4 <= seconds < 3.0, seconds  # the page has some 300 bytes: 300 s without the deadline
+    assert log.attempts["episodes.htm"] == 1  # no retry fits in what is left of the deadline
+    assert "no whole page within 1.5 s" in str(raised.value) and "\n" not in str(raised.value)
     assert files_under(tmp_path) == {}
 
 
