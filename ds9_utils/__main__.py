@@ -6,9 +6,9 @@ print a new scene.
 
 A thin layer over the library: parse arguments, call one function, print a short summary whose last line
 is one JSON object (so scripts and tests can read it), and turn known problems into one clear line on
-stderr. Exit status: 0 done, 1 a failure (a download, a bad file, a full disk...), 2 a usage error (bad
-arguments), 130 interrupted with Ctrl-C. ``ds9_utils.distributed`` shares the argument types and the
-error handling defined here.
+stderr. Exit status: 0 done, 1 a failure (a download, a full disk...), 2 a usage error (bad arguments, or
+a file that is not a good checkpoint), 130 interrupted with Ctrl-C. ``ds9_utils.distributed`` shares the
+argument types and the error handling defined here.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .download import DownloadConfig, DownloadError, download_transcripts
+from .files import DamagedFileError
 
 DEFAULT_PROMPT = "[Quark's]\n"
 MIN_TEMPERATURE = 1e-3  # below this, logits / temperature overflows to inf; use 0 for greedy decoding
@@ -367,7 +368,7 @@ def run_guarded(command: Callable[[], int], on_interrupt: str) -> int:
     """Run ``command`` and turn the problems a user can fix into one line on stderr and an exit status."""
     try:
         return command()
-    except UsageError as error:
+    except (UsageError, DamagedFileError) as error:  # DamagedFileError: the file given is no checkpoint
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except (DownloadError, OSError, ValueError) as error:  # OSError: FileWriteError, FileNotFoundError...

@@ -12,15 +12,18 @@ from __future__ import annotations
 import errno
 import io
 import os
-import pickle
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
-# What torch.load raises for a file that is not one of its archives: garbage or a foreign pickle
-# (UnpicklingError), an empty file (EOFError), a truncated or foreign zip (RuntimeError). The device is
-# checked before loading (settings.resolve_device), so a RuntimeError here means a bad file, not a bad device.
-UNREADABLE_TORCH_FILE = (pickle.UnpicklingError, EOFError, RuntimeError)
+
+class DamagedFileError(ValueError):
+    """A file that is not what it should be: not a torch file, another program's, cut short or damaged.
+
+    The message says which file and what to do; the command line reports it as a usage error (exit 2):
+    the file given is not one it can use.
+    """
 
 
 class FileWriteError(OSError):
@@ -110,11 +113,19 @@ def load_torch(path: str | Path, map_location: Any = "cpu", *, what: str = "torc
     if not path.is_file():
         raise FileNotFoundError(f"no {what} at {path}: {remedy}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except UNREADABLE_TORCH_FILE as error:
-        raise ValueError(
-            f"{path} is not a readable {what} ({type(error).__name__}): it may be truncated or another kind "
-            f"of file; {remedy}"
-        ) from error
+        handle = open(path, "rb")  # closed below; opening is where the system says no
     except OSError as error:
         raise ValueError(f"cannot read {path}: {error.strerror or error}") from error
+    try:
+        with handle, warnings.catch_warnings():  # a damaged file can make torch warn (of pickle protocol 75...)
+            warnings.simplefilter("ignore")
+            return torch.load(handle, map_location=map_location, weights_only=True)
+    except Exception as error:
+        # Garbage or a foreign pickle, an empty, truncated or foreign zip, a changed byte: torch.load's
+        # unpickler then fails in any of a dozen ways (UnpicklingError, EOFError, RuntimeError, OSError, but
+        # also IndexError, KeyError, TypeError...). The device was checked before (settings.resolve_device)
+        # and the file opened, so whatever it raises here is about the file's contents.
+        raise DamagedFileError(
+            f"{path} is not a readable {what} ({type(error).__name__}): it may be truncated, damaged or another "
+            f"kind of file; {remedy}"
+        ) from error

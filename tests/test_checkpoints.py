@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
+import zipfile
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from ds9_utils.checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
+from ds9_utils.__main__ import main
+from ds9_utils.checkpoints import (
+    CHECKSUM_KEY,
+    content_digest,
+    load_checkpoint,
+    read_checkpoint,
+    read_resumable_checkpoint,
+    save_checkpoint,
+)
+from ds9_utils.files import DamagedFileError
 from ds9_utils.model import GPT, GPTConfig
 from ds9_utils.tokenizers import CharTokenizer
 from ds9_utils.train import TrainConfig, train
@@ -32,8 +45,11 @@ def checkpoint(tmp_path):
     return path
 
 
-def rewrite(path, change) -> None:
+def rewrite(path, change, *, keep_checksum: bool = False) -> None:
+    """Change a checkpoint's contents; without ``keep_checksum`` it becomes a file from before the checksum."""
     raw = torch.load(path, weights_only=True)
+    if not keep_checksum:
+        del raw[CHECKSUM_KEY]
     change(raw)
     torch.save(raw, path)
 
@@ -123,3 +139,129 @@ def test_a_symlinked_checkpoint_stays_a_link(tmp_path):
     train_on(TEXT_A, link, 2)
     assert link.is_symlink() and os.readlink(link) == str(tmp_path / "runs" / "v1.pt")
     assert load_checkpoint(link, "cpu").step == 2
+
+
+# ---------------------------------------------------------------------------------------------- the checksum
+
+
+def test_a_changed_weight_is_reported_as_damage_not_loaded(checkpoint):
+    def nudge(raw) -> None:  # what one flipped bit of a float does: the file still unpickles
+        raw["model"]["lm_head.weight"].view(torch.int32)[0, 0] ^= 1
+
+    rewrite(checkpoint, nudge, keep_checksum=True)
+    with pytest.raises(DamagedFileError, match="is damaged: its contents no longer match the checksum") as caught:
+        load_checkpoint(checkpoint, "cpu")
+    assert "good copy" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_checkpoint_from_before_the_checksum_still_loads(checkpoint):
+    rewrite(checkpoint, lambda raw: None)
+    assert CHECKSUM_KEY not in torch.load(checkpoint, weights_only=True)
+    assert load_checkpoint(checkpoint, "cpu").step == 3
+
+
+def test_the_checksum_covers_every_part_and_tells_values_apart():
+    state = {"step": 3, "history": {"loss": [1.5]}, "model": {"w": torch.zeros(2)}}
+    changed = [
+        {**state, "step": 4},
+        {**state, "history": {"loss": [1.25]}},
+        {**state, "model": {"w": torch.tensor([0.0, 1e-30])}},
+        {**state, "model": {"w": torch.zeros(2, dtype=torch.float64)}},
+        {**state, "model": {"w": torch.zeros(1, 2)}},
+        {**state, "step": "3"},
+    ]
+    digests = {content_digest(other) for other in changed}
+    assert len(digests) == len(changed) and content_digest(state) not in digests
+    assert content_digest({**state, CHECKSUM_KEY: "anything"}) == content_digest(state)
+
+
+@pytest.fixture(scope="module")
+def good_bytes(tmp_path_factory) -> bytes:
+    """A checkpoint with an optimizer, so that train --resume's path reads it too."""
+    tokenizer = CharTokenizer.from_text(TEXT_A)
+    model = tiny_model(tokenizer.vocab_size)
+    optimizer = torch.optim.AdamW(model.parameters())
+    path = tmp_path_factory.mktemp("good") / "model.pt"
+    save_checkpoint(
+        path, model=model, optimizer=optimizer, train_config=CONFIG, step=3, history={}, tokenizer=tokenizer
+    )
+    return path.read_bytes()
+
+
+def flip_a_weight_bit(good: bytes) -> bytes:
+    """``good`` with one bit changed inside the bytes of a weight tensor."""
+    weights = torch.load(io.BytesIO(good), weights_only=True)["model"]["lm_head.weight"].numpy().tobytes()
+    where = good.index(weights) + len(weights) // 2
+    return good[:where] + bytes([good[where] ^ 0x10]) + good[where + 1 :]
+
+
+def foreign_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("notes/readme.txt", "a zip file, but not torch's")
+    return buffer.getvalue()
+
+
+BAD_FILES = {
+    "text": lambda good: b"hello world\n",
+    "empty": lambda good: b"",
+    "truncated": lambda good: good[: len(good) // 2],
+    "a foreign zip": lambda good: foreign_zip(),
+    "a wrong first byte": lambda good: b"Q" + good[1:],
+    "a flipped bit": flip_a_weight_bit,
+}
+
+
+@pytest.mark.parametrize("kind", BAD_FILES)
+def test_generate_and_train_resume_on_a_bad_file_say_so_in_one_line_with_exit_2(good_bytes, kind, tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(BAD_FILES[kind](good_bytes))
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT_A, encoding="utf-8")
+    for command in (
+        ["generate", "--checkpoint", str(bad)],
+        ["train", "--text", str(text), "--out", str(bad), "--resume"],
+    ):
+        capsys.readouterr()
+        assert main(command) == 2, command  # any exception would escape main and fail the test with its traceback
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {bad} "), (command, lines)
+    assert bad.read_bytes() == BAD_FILES[kind](good_bytes), "the bad file is left as it was"
+
+
+BAD_BYTES = st.one_of(
+    st.tuples(st.just("random bytes"), st.binary(max_size=20_000)),
+    st.tuples(st.just("truncated at"), st.floats(0, 1, exclude_max=True)),
+    st.tuples(st.just("bit flipped at"), st.floats(0, 1, exclude_max=True)),
+)
+
+
+def damage(good: bytes, how: str, where) -> bytes:
+    if how == "random bytes":
+        return where
+    if how == "truncated at":
+        return good[: int(where * len(good))]
+    bit = int(where * len(good) * 8)
+    return good[: bit // 8] + bytes([good[bit // 8] ^ (1 << bit % 8)]) + good[bit // 8 + 1 :]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(damaged=BAD_BYTES)
+def test_a_damaged_file_is_refused_in_one_line_or_loads_exactly_what_was_saved(good_bytes, tmp_path, damaged):
+    """Through the readers of `generate --checkpoint` (load_checkpoint) and `train --resume`
+    (read_resumable_checkpoint): no other exception, and nothing changed ever loads."""
+    path = tmp_path / "damaged.pt"
+    path.write_bytes(damage(good_bytes, *damaged))
+    saved = content_digest(torch.load(io.BytesIO(good_bytes), weights_only=True))
+    tokenizer = CharTokenizer.from_text(TEXT_A)
+    readers = {
+        "generate": lambda: load_checkpoint(path, "cpu").raw,
+        "train --resume": lambda: read_resumable_checkpoint(path, tiny_model(tokenizer.vocab_size), tokenizer),
+    }
+    for name, read in readers.items():
+        try:
+            raw = read()
+        except DamagedFileError as error:
+            assert "\n" not in str(error) and str(path) in str(error), (name, str(error))
+        else:  # a change the file's format ignores (a zip header's field): what loads is what was saved
+            assert raw[CHECKSUM_KEY] == content_digest(raw) == saved, name
