@@ -94,6 +94,22 @@ def probability_mass(text: str) -> float:
     return value
 
 
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes no more
+
+
+def seed(text: str) -> int:
+    value = _number(text, int)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 2**63-1 ({MAX_SEED}), got {text}")
+    return value
+
+
+def prompt(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("is empty; give the text to continue, such as --prompt 'QUARK:'")
+    return text
+
+
 def _first_existing(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -183,6 +199,8 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
     summary = build_corpus(pages_dir(args.data_dir), corpus_dir(args.data_dir))
     info = summary.to_dict()
+    for page, reason in summary.dropped_reasons.items():
+        print(f"warning: left {page} out of the corpus: {reason}", file=sys.stderr)
     print(f"episodes: {info['episodes']}, characters: {info['characters']:,}, vocabulary: {info['vocab_size']}")
     print("top speakers: " + ", ".join(f"{name} ({count})" for name, count in info["top_speakers"][:10]))
     _print_json(info)
@@ -195,6 +213,24 @@ def _training_data(text_file: Path | None, data: Path | None):
     from .workspace import ensure_corpus
 
     return load_course_data(ensure_corpus(data)) if text_file is None else text_file_data(text_file)
+
+
+def _check_windows_fit(data, preset: str, text_file: Path | None) -> None:
+    """Refuse a text too short for the preset's window here, in the command line's terms: the training loop's
+    own error would advise a smaller ``block_size``, which is no option of this command."""
+    from .presets import PRESETS
+
+    window = PRESETS[preset].model_kwargs["block_size"] + 1
+    shortest = min(len(data.train), len(data.val))
+    if shortest >= window:
+        return
+    fitting = [name for name, other in PRESETS.items() if other.model_kwargs["block_size"] < shortest]
+    source = f"--text {text_file}" if text_file is not None else "the corpus"
+    raise UsageError(
+        f"{source} is too short for the {preset!r} preset: its validation part has {shortest} tokens, and the "
+        f"preset reads windows of {window}; use a longer text"
+        + (f", or a preset with a shorter window (--preset {' or '.join(fitting)})" if fitting else "")
+    )
 
 
 def _resume_command(argv: list[str]) -> str:
@@ -219,6 +255,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if out.exists() and not args.resume:
         raise UsageError(f"{out} already exists: pass --resume to continue that run, or --out NEW.pt to start another")
     data = _training_data(args.text, args.data_dir)
+    _check_windows_fit(data, preset, args.text)
     try:
         _, result = train_course_model(
             data,
@@ -349,14 +386,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", help="write a scene with a trained model")
     gen.add_argument("--checkpoint", type=Path, help="a checkpoint written by train (default: the course model)")
     add_data_dir(gen)
-    gen.add_argument("--prompt", default=DEFAULT_PROMPT, help="text to continue (default: a scene heading)")
+    gen.add_argument(
+        "--prompt", type=prompt, default=DEFAULT_PROMPT, help="text to continue (default: a scene heading)"
+    )
     gen.add_argument("--max-new-tokens", type=whole_number(1), default=800)
     gen.add_argument("--temperature", type=temperature, default=0.8, help="0 is greedy; higher is more varied")
     gen.add_argument("--top-k", type=whole_number(1), help="sample only from the k most likely characters")
     gen.add_argument(
         "--top-p", type=probability_mass, help="sample only from the smallest set holding this much probability"
     )
-    gen.add_argument("--seed", type=int, default=1337)
+    gen.add_argument("--seed", type=seed, default=1337, help=f"0 to {MAX_SEED}; the same seed writes the same scene")
     gen.set_defaults(run=cmd_generate, on_interrupt="interrupted: the scene so far is printed above")
     parser.set_defaults(run=cmd_main_job, seed=1337, on_interrupt=resume_hint)
     for command in (down, corpus, train):

@@ -1,8 +1,9 @@
 """The command line's model commands, run as a user runs them: ``python -m ds9_utils [train|generate]``.
 
 Every command runs in a subprocess with its own data folder, in quick mode (set by conftest.py), and is judged
-by what it prints, the files it leaves, and its exit status: 1 for a failure (a bad file...), 2 for bad
-arguments, 130 for Ctrl-C (sent as a real SIGINT), each with one line on stderr and no traceback.
+by what it prints, the files it leaves, and its exit status: 1 for a failure (a missing file...), 2 for bad
+arguments or a file that is no good checkpoint, 130 for Ctrl-C (sent as a real SIGINT), each with one line on stderr
+and no traceback.
 """
 
 from __future__ import annotations
