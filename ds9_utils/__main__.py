@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .download import DownloadConfig, DownloadError, download_transcripts
-from .files import DamagedFileError
+from .files import DamagedFileError, FileInUseError, sole_writer
 
 DEFAULT_PROMPT = "[Quark's]\n"
 MIN_TEMPERATURE = 1e-3  # below this, logits / temperature overflows to inf; use 0 for greedy decoding
@@ -250,27 +250,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = course_checkpoint_path(preset, args.data_dir)
     else:
         out = checkpoints_dir(args.data_dir) / f"{args.text.stem}.pt"
-    if args.resume and not out.is_file():
-        raise UsageError(f"--resume: there is no run to continue at {out}; check --out, or leave out --resume")
-    if out.exists() and not args.resume:
-        raise UsageError(f"{out} already exists: pass --resume to continue that run, or --out NEW.pt to start another")
-    data = _training_data(args.text, args.data_dir)
-    _check_windows_fit(data, preset, args.text)
-    try:
-        _, result = train_course_model(
-            data,
-            preset=preset,
-            checkpoint_path=out,
-            resume=args.resume,
-            max_steps=args.max_steps,
-            max_seconds=args.max_seconds,
-            device=device,
-        )
-    except KeyboardInterrupt:
-        if out.is_file():
-            command = _resume_command(args.argv)
-            raise Interrupted(f"interrupted: {out} holds the run so far; continue it with: {command}") from None
-        raise Interrupted("interrupted before the first checkpoint was written; run the same command again") from None
+    with sole_writer(out, "--out"):  # a second run on the same file is refused, not interleaved with this one
+        if args.resume and not out.is_file():
+            raise UsageError(f"--resume: there is no run to continue at {out}; check --out, or leave out --resume")
+        if out.exists() and not args.resume:
+            raise UsageError(
+                f"{out} already exists: pass --resume to continue that run, or --out NEW.pt to start another"
+            )
+        data = _training_data(args.text, args.data_dir)
+        _check_windows_fit(data, preset, args.text)
+        try:
+            _, result = train_course_model(
+                data,
+                preset=preset,
+                checkpoint_path=out,
+                resume=args.resume,
+                max_steps=args.max_steps,
+                max_seconds=args.max_seconds,
+                device=device,
+            )
+        except KeyboardInterrupt:
+            if out.is_file():
+                command = _resume_command(args.argv)
+                raise Interrupted(f"interrupted: {out} holds the run so far; continue it with: {command}") from None
+            raise Interrupted(
+                "interrupted before the first checkpoint was written; run the same command again"
+            ) from None
     print(
         f"validation loss {result.val_loss:.4f} nats = {result.val_bpc:.4f} bits per character after "
         f"{result.steps} steps ({result.stop_reason}) of the {preset!r} preset; checkpoint: {out}"
@@ -355,7 +360,8 @@ def cmd_main_job(args: argparse.Namespace) -> int:
     print(f"DS9 - Let's Build an LLM: the '{preset}' model on {device}. Step 1: the transcripts and the corpus.")
     data = _training_data(None, None)
     print(f"Step 2: training ({data}); an interrupted run resumes where it stopped.", flush=True)
-    _, result = train_course_model(data, preset=preset, device=device)
+    with sole_writer(course_checkpoint_path(preset), "--out of `train`"):
+        _, result = train_course_model(data, preset=preset, device=device)
     print(
         f"validation loss {result.val_loss:.3f} nats = {result.val_bpc:.3f} bits per character "
         f"after {result.steps} steps. Step 3: a new scene.\n"
@@ -407,7 +413,7 @@ def run_guarded(command: Callable[[], int], on_interrupt: str) -> int:
     """Run ``command`` and turn the problems a user can fix into one line on stderr and an exit status."""
     try:
         return command()
-    except (UsageError, DamagedFileError) as error:  # DamagedFileError: the file given is no checkpoint
+    except (UsageError, DamagedFileError, FileInUseError) as error:  # a file given that is no checkpoint, or busy
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except (DownloadError, OSError, ValueError) as error:  # OSError: FileWriteError, FileNotFoundError...

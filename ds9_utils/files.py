@@ -14,8 +14,12 @@ import io
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 
 class DamagedFileError(ValueError):
@@ -29,6 +33,45 @@ class DamagedFileError(ValueError):
 class FileWriteError(OSError):
     """A file could not be written (full disk, no permission, a file where a folder should be); the message
     says which file and what to do."""
+
+
+class FileInUseError(RuntimeError):
+    """Another process is writing the same file (the message names it, and what to do): a usage error."""
+
+
+@contextmanager
+def sole_writer(path: str | Path, choose_another: str) -> Iterator[None]:
+    """Hold the lock of ``path`` while this process writes it: a second writer is refused in one line.
+
+    Two runs writing one checkpoint would each replace the other's file, and one run's work would be lost
+    without a word. The lock is the operating system's, on ``.NAME.lock`` beside the file (``filelock``:
+    ``fcntl`` on POSIX, ``msvcrt`` on Windows), so it ends with its process: a run killed with ``kill -9``
+    leaves the small lock file behind but not the lock, and the next run takes it. The holder writes its pid
+    into the file, so the refusal can name it; ``choose_another`` is the option that picks another file.
+    """
+    path = Path(path)
+    target = Path(os.path.realpath(path))  # one lock per file, whatever link or relative path names it
+    lock_path = target.with_name(f".{target.name}.lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(lock_path)
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            holder = f"process {int(lock_path.read_text().strip())}"
+        except (OSError, ValueError):  # it has not written its pid yet, or the system keeps others out
+            holder = "another process"
+        raise FileInUseError(
+            f"{path} is being written by another run ({holder}); wait for it to finish, or write this run to "
+            f"another file with {choose_another}"
+        ) from None
+    except OSError as error:
+        raise _why_not_writable(lock_path, error) from error
+    try:
+        lock_path.write_text(str(os.getpid()))
+        yield
+    finally:
+        lock.release()  # the file stays: removing it would let a third run lock a new file while one waits
 
 
 def _umask() -> int:

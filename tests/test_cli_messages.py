@@ -7,11 +7,15 @@ the exit status: 1 for a failure, 2 for a usage error; an exception escaping ``m
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from ds9_utils.__main__ import MAX_SEED, main
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the subprocess imports this checkout's ds9_utils
 TEXT = "KIRA: The runabout is late.\nODO: It is always late.\n" * 40  # 2,000 characters
 
 
@@ -71,3 +75,31 @@ def test_the_largest_seed_is_accepted(tmp_path, capsys):
     """The range named is the range taken: 2**63-1 gets past the arguments (to the missing checkpoint)."""
     error = one_line_error(capsys, 1, main(["generate", "--seed", str(MAX_SEED), "--checkpoint", str(tmp_path / "x")]))
     assert "no checkpoint at" in error
+
+
+# A run that holds the lock of a checkpoint, in another process, as a long training run would.
+HOLDER = """
+import sys, time
+from ds9_utils.files import sole_writer
+with sole_writer(sys.argv[1], "--out"):
+    print("holding", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_train_on_the_same_out_is_refused_in_one_line_naming_the_first(tmp_path, capsys):
+    out, text = tmp_path / "same.pt", tmp_path / "text.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    train = ["train", "--text", str(text), "--out", str(out), "--max-steps", "1"]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True, cwd=PROJECT_ROOT
+    )
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        error = one_line_error(capsys, 2, main(train))
+        assert f"{out} is being written by another run (process {holder.pid})" in error
+        assert "wait for it to finish" in error and "--out" in error and not out.exists()
+    finally:
+        holder.kill()  # as kill -9 would: the lock file stays, the lock goes with the process
+        holder.wait()
+    assert main(train) == 0 and out.is_file(), "a lock left by a killed run does not block the next run"
