@@ -13,6 +13,7 @@ import errno
 import io
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -105,11 +106,55 @@ def _why_not_writable(path: Path, error: OSError) -> FileWriteError:
     return FileWriteError(f"cannot write {path}: {error.strerror or error}")
 
 
+STALE_PART_SECONDS = 300  # a temporary file this old is left by a write that will never finish
+
+
+def _process_is_gone(pid: int) -> bool:
+    """True when no process ``pid`` runs here (POSIX); elsewhere, or when unsure, False."""
+    if os.name != "posix":  # on Windows os.kill(pid, 0) would end the process, not ask about it
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: it exists, and belongs to another user
+        pass
+    return False
+
+
+def sweep_stale_parts(target: Path) -> list[Path]:
+    """Remove the temporary files ``write_atomically`` left beside ``target`` when killed; return them.
+
+    A temporary file is ``.NAME.PID.RANDOM.part``. It is stale when its writer (``PID``) is gone, or when it
+    is older than ``STALE_PART_SECONDS`` (a writer's pid may be reused, and older versions wrote no pid);
+    a fresh one of a live writer is another write in progress, and is kept.
+    """
+    prefix = f".{target.name}."
+    swept = []
+    try:
+        candidates = [p for p in target.parent.iterdir() if p.name.startswith(prefix) and p.name.endswith(".part")]
+    except OSError:  # no folder yet, or one we cannot list: nothing of ours to sweep
+        return swept
+    for part in candidates:
+        pid = part.name[len(prefix) :].split(".", 1)[0]
+        try:
+            stale = (pid.isdigit() and _process_is_gone(int(pid))) or (
+                time.time() - part.stat().st_mtime > STALE_PART_SECONDS
+            )
+            if stale:
+                part.unlink()
+                swept.append(part)
+        except OSError:  # gone already (another writer swept it), or not ours to remove
+            continue
+    return swept
+
+
 def write_atomically(path: str | Path, content: bytes) -> Path:
     """Write ``content`` to ``path`` whole or not at all, and return the path written.
 
     The temporary file is renamed over the target only once every byte is on disk; an interruption
-    removes it and leaves any earlier file untouched. The new file gets the usual permissions
+    removes it and leaves any earlier file untouched, and what a killed write left behind is swept by the
+    next write of the same file (``sweep_stale_parts``). The new file gets the usual permissions
     (``0o666`` minus the umask), not the owner-only ones of a temporary file. When ``path`` is a symbolic
     link, the file it points to is replaced and the link stays a link.
     """
@@ -118,7 +163,9 @@ def write_atomically(path: str | Path, content: bytes) -> Path:
     tmp_name = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        sweep_stale_parts(target)
+        prefix = f".{target.name}.{os.getpid()}."  # the writer's pid: a later write can tell if it is gone
+        handle, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=".part")
         with os.fdopen(handle, "wb") as tmp:
             tmp.write(content)
             tmp.flush()
