@@ -1,4 +1,4 @@
-"""Command line: ``python -m ds9_utils [download|corpus|train|generate]``.
+"""Command line: ``ds9 [download|corpus|train|generate]``, or ``python -m ds9_utils ...`` (the same).
 
 Without a command it runs the whole job: download the transcripts (when they are not cached), build the
 corpus, train the model that suits this machine (resuming an interrupted run, reusing a finished one) and
@@ -233,8 +233,14 @@ def _check_windows_fit(data, preset: str, text_file: Path | None) -> None:
     )
 
 
+def program_name() -> str:
+    """How this command was started, to repeat it in help and hints: ``ds9`` (the console script that
+    pyproject.toml installs) or ``python -m ds9_utils``."""
+    return "ds9" if Path(sys.argv[0]).stem == "ds9" else "python -m ds9_utils"
+
+
 def _resume_command(argv: list[str]) -> str:
-    return shlex.join(["python", "-m", "ds9_utils", *argv, *([] if "--resume" in argv else ["--resume"])])
+    return shlex.join([*program_name().split(), *argv, *([] if "--resume" in argv else ["--resume"])])
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -371,7 +377,7 @@ def cmd_main_job(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="python -m ds9_utils", description=__doc__.splitlines()[0])
+    parser = Parser(prog=program_name(), description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", parser_class=Parser)
     resume_hint = "interrupted: everything written so far is complete; run the same command again to continue"
 
