@@ -388,7 +388,8 @@ class PoliteFetcher:
         except RETRYABLE_ERRORS as error:  # a stall, a reset, a body shorter than its Content-Length, the deadline
             if self.watchdog.expired or time.monotonic() >= deadline:
                 raise self._out_of_time() from error
-            raise _BodyCutShort(_describe(error), retries_used=len(response.raw.retries.history)) from error
+            retried = getattr(response.raw, "retries", None)  # what urllib3 spent before this answer came
+            raise _BodyCutShort(_describe(error), retries_used=len(retried.history) if retried else 0) from error
         except requests.RequestException as error:
             raise PageFailed(_describe(error)) from error
         return bytes(body)
