@@ -275,3 +275,13 @@ def test_an_endless_answer_fails_within_the_time_limit(monkeypatch):
     assert not right and "did not finish within 0.5 s" in line and "loop" in line
     assert time.monotonic() - started < 2
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0), "the timer is switched off after the check"
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="POSIX interval timers")
+def test_a_timer_already_running_is_left_alone():
+    signal.setitimer(signal.ITIMER_REAL, 100)
+    try:
+        right, _ = printed(check, "00.1", solution("00.1").run())
+        assert right and 90 < signal.getitimer(signal.ITIMER_REAL)[0] <= 100
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)

@@ -115,9 +115,14 @@ def _time_limit(seconds: float) -> Iterator[None]:
     """Raise ``_OutOfTime`` in this thread after ``seconds``, where the platform allows it.
 
     That is POSIX's interval timer, whose signal only the main thread receives (a notebook's cells run
-    there); in another thread or on Windows, the check runs without a limit.
+    there); in another thread, on Windows, or while someone else's timer runs (it is left alone), the check
+    runs without a limit.
     """
-    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+    if (
+        not hasattr(signal, "setitimer")
+        or threading.current_thread() is not threading.main_thread()
+        or signal.getitimer(signal.ITIMER_REAL) != (0.0, 0.0)
+    ):
         yield
         return
 
