@@ -204,10 +204,10 @@ class _DeadlineRetry(Retry):
         asked = self.get_retry_after(response) if response is not None and self.respect_retry_after_header else None
         wait = self.get_backoff_time() if asked is None else asked
         if time.monotonic() + wait >= self.deadline:
-            last = self.history[-1] if self.history else None
             if response is not None:
                 raise _OutOfTime(f"HTTP {response.status} {response.reason}")
-            raise _OutOfTime(_describe(last.error) if last is not None and last.error else "no answer")
+            last_error = self.history[-1].error if self.history else None
+            raise _OutOfTime(_describe(last_error) if last_error is not None else "no answer")
         super().sleep(response)
 
 

@@ -131,6 +131,23 @@ def test_a_server_that_sends_one_byte_a_second_is_cut_off_at_the_page_deadline(t
     assert files_under(tmp_path) == {}
 
 
+def test_a_retry_after_longer_than_the_page_deadline_is_not_waited_for(tmp_path):
+    """A 429 asks for 1 s; the page has 0.5 s: the page fails at once, saying why, instead of sleeping past it."""
+    write_site(tmp_path / "site", {"401.htm": page_html("401.htm"), "402.htm": page_html("402.htm")})
+    server, log = make_first_request_fault_server(tmp_path / "site", {"401.htm": "429"})
+    config = DownloadConfig(delay=0.0, retries=3, backoff=0.05, page_deadline=0.5)
+    started = time.monotonic()
+    try:
+        report = download_transcripts(server.url, tmp_path / "data", config, progress=False)
+    finally:
+        server.close()
+    assert time.monotonic() - started < 1.0 and log.attempts["401.htm"] == 1
+    assert report.failed == [
+        {"page": "401.htm", "reason": "HTTP 429 Too Many Requests; no time left to retry within 0.5 s"}
+    ]
+    assert report.downloaded == ["402.htm"]
+
+
 def test_a_site_that_stops_answering_stops_the_run_after_a_few_pages(tmp_path):
     """The index is cached from an earlier run; then the site goes silent. Not 165 pages of waiting."""
     pages = {f"{number}.htm": page_html(f"{number}.htm") for number in range(401, 421)}
