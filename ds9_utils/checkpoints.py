@@ -34,6 +34,7 @@ TRAIN_HINT = "train one first with `python -m ds9_utils train`"
 CHECKSUM_KEY = "sha256"  # content_digest of every other entry, written by save_checkpoint
 REQUIRED_KEYS = ("model", "model_config", "train_config", "tokenizer", "tokenizer_class", "step", "history")
 KNOWN_KEYS = {*REQUIRED_KEYS, "format", "version", "optimizer", "best_val_loss", "rng", CHECKSUM_KEY}
+KINDS = {"model": dict, "model_config": dict, "train_config": dict, "history": dict, "step": int}
 
 
 @dataclass
@@ -147,8 +148,16 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     missing = [key for key in REQUIRED_KEYS if key not in raw]
     unknown = sorted(str(key) for key in raw if key not in KNOWN_KEYS)  # e.g. a changed bit in a part's name
-    if missing or unknown:
-        problem = f"it has no {', '.join(missing)}" if missing else f"it has parts no checkpoint has: {unknown}"
+    misshapen = [
+        f"{key} is of type {type(raw[key]).__name__}"
+        for key, kind in KINDS.items()
+        if key in raw and not isinstance(raw[key], kind)
+    ]
+    if missing or unknown or misshapen:
+        if missing:
+            problem = f"it has no {', '.join(missing)}"
+        else:
+            problem = f"it has parts no checkpoint has: {unknown}" if unknown else f"its {', '.join(misshapen)}"
         raise DamagedFileError(f"{path} is a damaged checkpoint: {problem}; delete it and {TRAIN_HINT}")
     return raw
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sys
 import zipfile
 
@@ -84,13 +85,18 @@ def test_a_good_checkpoint_loads_on_the_cpu(checkpoint):
         (lambda raw: raw["model"].update({"ln_f.weight": torch.zeros(3)}), r"ln_f.weight is \(3,\), not \(8,\)"),
         (lambda raw: raw["model_config"].update(n_head=3), "describes no model this version can build"),
         (lambda raw: raw.update(format="something else"), "not a ds9_utils checkpoint"),
+        (lambda raw: raw.update(model_config=5), "damaged checkpoint: its model_config is of type int"),
+        (lambda raw: raw.update(sha257="0"), r"damaged checkpoint: it has parts no checkpoint has: \['sha257'\]"),
     ],
 )
 def test_a_damaged_checkpoint_is_one_clear_line(checkpoint, change, message):
     rewrite(checkpoint, change)
-    with pytest.raises(ValueError, match=message) as caught:
+    with pytest.raises(DamagedFileError, match=message) as caught:
         load_checkpoint(checkpoint, "cpu")
     assert "\n" not in str(caught.value) and str(checkpoint) in str(caught.value)
+    tokenizer = CharTokenizer.from_text(TEXT_A)
+    with pytest.raises(ValueError, match=re.escape(str(checkpoint))):  # train --resume's reader: no traceback either
+        read_resumable_checkpoint(checkpoint, tiny_model(tokenizer.vocab_size), tokenizer)
 
 
 def test_a_truncated_file_is_unreadable_not_a_device_problem(checkpoint):
