@@ -122,31 +122,27 @@ def _process_is_gone(pid: int) -> bool:
     return False
 
 
-def sweep_stale_parts(target: Path) -> list[Path]:
-    """Remove the temporary files ``write_atomically`` left beside ``target`` when killed; return them.
+def sweep_stale_parts(target: Path) -> None:
+    """Remove the temporary files ``write_atomically`` left beside ``target`` when it was killed.
 
     A temporary file is ``.NAME.PID.RANDOM.part``. It is stale when its writer (``PID``) is gone, or when it
     is older than ``STALE_PART_SECONDS`` (a writer's pid may be reused, and older versions wrote no pid);
     a fresh one of a live writer is another write in progress, and is kept.
     """
     prefix = f".{target.name}."
-    swept = []
     try:
         candidates = [p for p in target.parent.iterdir() if p.name.startswith(prefix) and p.name.endswith(".part")]
     except OSError:  # no folder yet, or one we cannot list: nothing of ours to sweep
-        return swept
+        return
     for part in candidates:
         pid = part.name[len(prefix) :].split(".", 1)[0]
         try:
-            stale = (pid.isdigit() and _process_is_gone(int(pid))) or (
+            if (pid.isdigit() and _process_is_gone(int(pid))) or (
                 time.time() - part.stat().st_mtime > STALE_PART_SECONDS
-            )
-            if stale:
+            ):
                 part.unlink()
-                swept.append(part)
         except OSError:  # gone already (another writer swept it), or not ours to remove
             continue
-    return swept
 
 
 def write_atomically(path: str | Path, content: bytes) -> Path:
