@@ -275,6 +275,13 @@ def _watched_adapter(watchdog: _Watchdog) -> HTTPAdapter:
             super().init_poolmanager(*args, **kwargs)
             self.poolmanager.pool_classes_by_scheme = pools
 
+        def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+            """Through an HTTP proxy ($HTTP_PROXY) too; a SOCKS proxy's pools are its own, left unwatched."""
+            manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+            if not proxy.lower().startswith("socks"):
+                manager.pool_classes_by_scheme = pools
+            return manager
+
     return WatchedAdapter()
 
 

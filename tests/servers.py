@@ -11,6 +11,7 @@ from collections import Counter
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 class QuietFileHandler(SimpleHTTPRequestHandler):
@@ -229,6 +230,19 @@ class DripHandler(QuietFileHandler):
                 self.wfile.flush()
             except OSError:  # the client hung up: what it should do
                 return
+        self.close_connection = True
+
+
+class RelayProxyHandler(QuietFileHandler):
+    """An HTTP proxy that relays each answer byte for byte as it arrives, as a real proxy does."""
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)  # a proxy is asked for the whole address
+        with socket.create_connection((parts.hostname, parts.port)) as upstream:
+            upstream.sendall(f"GET {parts.path} HTTP/1.0\r\nHost: {parts.netloc}\r\n\r\n".encode())
+            while piece := upstream.recv(1024):
+                self.wfile.write(piece)
+                self.wfile.flush()
         self.close_connection = True
 
 

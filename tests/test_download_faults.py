@@ -17,7 +17,15 @@ import time
 from pathlib import Path
 
 import pytest
-from servers import SilentServer, make_drip_server, make_first_request_fault_server, page_html, write_site
+from servers import (
+    LoopbackServer,
+    RelayProxyHandler,
+    SilentServer,
+    make_drip_server,
+    make_first_request_fault_server,
+    page_html,
+    write_site,
+)
 
 from ds9_utils.download import DownloadConfig, DownloadError, download_transcripts, pages_dir
 
@@ -129,6 +137,23 @@ def test_a_server_that_sends_one_byte_a_second_is_cut_off_at_the_page_deadline(t
     assert log.attempts["episodes.htm"] == 1  # no retry fits in what is left of the deadline
     assert "no whole page within 1.5 s" in str(raised.value) and "\n" not in str(raised.value)
     assert files_under(tmp_path) == {}
+
+
+def test_through_an_http_proxy_one_byte_a_second_is_cut_off_at_the_page_deadline_too(tmp_path, monkeypatch):
+    server, log = make_drip_server("body")
+    proxy = LoopbackServer(RelayProxyHandler)
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    config = DownloadConfig(delay=0.0, retries=3, backoff=0.05, page_deadline=1.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(DownloadError, match="no whole page within 1.5 s"):
+            download_transcripts(server.url, tmp_path, config, progress=False)
+    finally:
+        proxy.close()
+        server.close()
+    assert 1.4 <= time.monotonic() - started < 3.0 and log.attempts["episodes.htm"] == 1
 
 
 def test_a_retry_after_longer_than_the_page_deadline_is_not_waited_for(tmp_path):
