@@ -1,4 +1,4 @@
-"""Command line: ``python -m ds9_utils [download|corpus|train|generate]``.
+"""Command line: ``ds9 [download|corpus|train|generate]``, or ``python -m ds9_utils ...`` (the same).
 
 Without a command it runs the whole job: download the transcripts (when they are not cached), build the
 corpus, train the model that suits this machine (resuming an interrupted run, reusing a finished one) and
@@ -6,9 +6,9 @@ print a new scene.
 
 A thin layer over the library: parse arguments, call one function, print a short summary whose last line
 is one JSON object (so scripts and tests can read it), and turn known problems into one clear line on
-stderr. Exit status: 0 done, 1 a failure (a download, a bad file, a full disk...), 2 a usage error (bad
-arguments), 130 interrupted with Ctrl-C. ``ds9_utils.distributed`` shares the argument types and the
-error handling defined here.
+stderr. Exit status: 0 done, 1 a failure (a download, a full disk...), 2 a usage error (bad arguments, or
+a file that is not a good checkpoint), 130 interrupted with Ctrl-C. ``ds9_utils.distributed`` shares the
+argument types and the error handling defined here.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .download import DownloadConfig, DownloadError, download_transcripts
+from .files import DamagedFileError, FileInUseError, sole_writer
 
 DEFAULT_PROMPT = "[Quark's]\n"
 MIN_TEMPERATURE = 1e-3  # below this, logits / temperature overflows to inf; use 0 for greedy decoding
@@ -91,6 +92,22 @@ def probability_mass(text: str) -> float:
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be a probability above 0 and at most 1, got {text}")
     return value
+
+
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes no more
+
+
+def seed(text: str) -> int:
+    value = _number(text, int)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 2**63-1 ({MAX_SEED}), got {text}")
+    return value
+
+
+def prompt(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("is empty; give the text to continue, such as --prompt 'QUARK:'")
+    return text
 
 
 def _first_existing(path: Path) -> Path:
@@ -166,7 +183,14 @@ def cmd_download(args: argparse.Namespace) -> int:
     for failure in report.failed:
         print(f"  failed: {failure['page']}: {failure['reason']}")
     _print_json(report.to_dict())
-    return EXIT_FAILURE if report.failed and not (report.downloaded or report.cached) else 0
+    if report.failed and not (report.downloaded or report.cached):
+        print(
+            f"error: every page failed ({len(report.failed)} of them, reasons above); check --base-url / "
+            "DS9_BASE_URL and your connection, then run again",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    return 0
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
@@ -175,6 +199,8 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
     summary = build_corpus(pages_dir(args.data_dir), corpus_dir(args.data_dir))
     info = summary.to_dict()
+    for page, reason in summary.dropped_reasons.items():
+        print(f"warning: left {page} out of the corpus: {reason}", file=sys.stderr)
     print(f"episodes: {info['episodes']}, characters: {info['characters']:,}, vocabulary: {info['vocab_size']}")
     print("top speakers: " + ", ".join(f"{name} ({count})" for name, count in info["top_speakers"][:10]))
     _print_json(info)
@@ -189,8 +215,32 @@ def _training_data(text_file: Path | None, data: Path | None):
     return load_course_data(ensure_corpus(data)) if text_file is None else text_file_data(text_file)
 
 
+def _check_windows_fit(data, preset: str, text_file: Path | None) -> None:
+    """Refuse a text too short for the preset's window here, in the command line's terms: the training loop's
+    own error would advise a smaller ``block_size``, which is no option of this command."""
+    from .presets import PRESETS
+
+    window = PRESETS[preset].model_kwargs["block_size"] + 1
+    shortest = min(len(data.train), len(data.val))
+    if shortest >= window:
+        return
+    fitting = [name for name, other in PRESETS.items() if other.model_kwargs["block_size"] < shortest]
+    source = f"--text {text_file}" if text_file is not None else "the corpus"
+    raise UsageError(
+        f"{source} is too short for the {preset!r} preset: its validation part has {shortest} tokens, and the "
+        f"preset reads windows of {window}; use a longer text"
+        + (f", or a preset with a shorter window (--preset {' or '.join(fitting)})" if fitting else "")
+    )
+
+
+def program_name() -> str:
+    """How this command was started, to repeat it in help and hints: ``ds9`` (the console script that
+    pyproject.toml installs) or ``python -m ds9_utils``."""
+    return "ds9" if Path(sys.argv[0]).stem == "ds9" else "python -m ds9_utils"
+
+
 def _resume_command(argv: list[str]) -> str:
-    return shlex.join(["python", "-m", "ds9_utils", *argv, *([] if "--resume" in argv else ["--resume"])])
+    return shlex.join([*program_name().split(), *argv, *([] if "--resume" in argv else ["--resume"])])
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -206,26 +256,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = course_checkpoint_path(preset, args.data_dir)
     else:
         out = checkpoints_dir(args.data_dir) / f"{args.text.stem}.pt"
-    if args.resume and not out.is_file():
-        raise UsageError(f"--resume: there is no run to continue at {out}; check --out, or leave out --resume")
-    if out.exists() and not args.resume:
-        raise UsageError(f"{out} already exists: pass --resume to continue that run, or --out NEW.pt to start another")
-    data = _training_data(args.text, args.data_dir)
-    try:
-        _, result = train_course_model(
-            data,
-            preset=preset,
-            checkpoint_path=out,
-            resume=args.resume,
-            max_steps=args.max_steps,
-            max_seconds=args.max_seconds,
-            device=device,
-        )
-    except KeyboardInterrupt:
-        if out.is_file():
-            command = _resume_command(args.argv)
-            raise Interrupted(f"interrupted: {out} holds the run so far; continue it with: {command}") from None
-        raise Interrupted("interrupted before the first checkpoint was written; run the same command again") from None
+    with sole_writer(out, "--out"):  # a second run on the same file is refused, not interleaved with this one
+        if args.resume and not out.is_file():
+            raise UsageError(f"--resume: there is no run to continue at {out}; check --out, or leave out --resume")
+        if out.exists() and not args.resume:
+            raise UsageError(
+                f"{out} already exists: pass --resume to continue that run, or --out NEW.pt to start another"
+            )
+        data = _training_data(args.text, args.data_dir)
+        _check_windows_fit(data, preset, args.text)
+        try:
+            _, result = train_course_model(
+                data,
+                preset=preset,
+                checkpoint_path=out,
+                resume=args.resume,
+                max_steps=args.max_steps,
+                max_seconds=args.max_seconds,
+                device=device,
+            )
+        except KeyboardInterrupt:
+            if out.is_file():
+                command = _resume_command(args.argv)
+                raise Interrupted(f"interrupted: {out} holds the run so far; continue it with: {command}") from None
+            raise Interrupted(
+                "interrupted before the first checkpoint was written; run the same command again"
+            ) from None
     print(
         f"validation loss {result.val_loss:.4f} nats = {result.val_bpc:.4f} bits per character after "
         f"{result.steps} steps ({result.stop_reason}) of the {preset!r} preset; checkpoint: {out}"
@@ -310,7 +366,8 @@ def cmd_main_job(args: argparse.Namespace) -> int:
     print(f"DS9 - Let's Build an LLM: the '{preset}' model on {device}. Step 1: the transcripts and the corpus.")
     data = _training_data(None, None)
     print(f"Step 2: training ({data}); an interrupted run resumes where it stopped.", flush=True)
-    _, result = train_course_model(data, preset=preset, device=device)
+    with sole_writer(course_checkpoint_path(preset), "--out of `train`"):
+        _, result = train_course_model(data, preset=preset, device=device)
     print(
         f"validation loss {result.val_loss:.3f} nats = {result.val_bpc:.3f} bits per character "
         f"after {result.steps} steps. Step 3: a new scene.\n"
@@ -320,7 +377,7 @@ def cmd_main_job(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="python -m ds9_utils", description=__doc__.splitlines()[0])
+    parser = Parser(prog=program_name(), description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", parser_class=Parser)
     resume_hint = "interrupted: everything written so far is complete; run the same command again to continue"
 
@@ -341,14 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", help="write a scene with a trained model")
     gen.add_argument("--checkpoint", type=Path, help="a checkpoint written by train (default: the course model)")
     add_data_dir(gen)
-    gen.add_argument("--prompt", default=DEFAULT_PROMPT, help="text to continue (default: a scene heading)")
+    gen.add_argument(
+        "--prompt", type=prompt, default=DEFAULT_PROMPT, help="text to continue (default: a scene heading)"
+    )
     gen.add_argument("--max-new-tokens", type=whole_number(1), default=800)
     gen.add_argument("--temperature", type=temperature, default=0.8, help="0 is greedy; higher is more varied")
     gen.add_argument("--top-k", type=whole_number(1), help="sample only from the k most likely characters")
     gen.add_argument(
         "--top-p", type=probability_mass, help="sample only from the smallest set holding this much probability"
     )
-    gen.add_argument("--seed", type=int, default=1337)
+    gen.add_argument("--seed", type=seed, default=1337, help=f"0 to {MAX_SEED}; the same seed writes the same scene")
     gen.set_defaults(run=cmd_generate, on_interrupt="interrupted: the scene so far is printed above")
     parser.set_defaults(run=cmd_main_job, seed=1337, on_interrupt=resume_hint)
     for command in (down, corpus, train):
@@ -360,7 +419,7 @@ def run_guarded(command: Callable[[], int], on_interrupt: str) -> int:
     """Run ``command`` and turn the problems a user can fix into one line on stderr and an exit status."""
     try:
         return command()
-    except UsageError as error:
+    except (UsageError, DamagedFileError, FileInUseError) as error:  # a file given that is no checkpoint, or busy
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except (DownloadError, OSError, ValueError) as error:  # OSError: FileWriteError, FileNotFoundError...

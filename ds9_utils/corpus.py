@@ -57,6 +57,7 @@ SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_SPLIT_SEED = 0
 BUILD_COMMAND = "python -m ds9_utils corpus"
 DOWNLOAD_COMMAND = "python -m ds9_utils download"
+REFETCH_HINT = f"`{DOWNLOAD_COMMAND}` fetches it again"  # download refetches a cached page it finds no transcript in
 
 _PLAIN_TYPOGRAPHY = str.maketrans(
     {
@@ -195,6 +196,7 @@ class CorpusSummary:
     split_episodes: dict[str, int]
     split_characters: dict[str, int]
     empty_pages: list[str] = field(default_factory=list)  # pages with no transcript in them, left out
+    dropped_reasons: dict[str, str] = field(default_factory=dict)  # why each of empty_pages was left out
 
     def to_dict(self) -> dict:
         """A JSON-ready copy (the command line prints it)."""
@@ -249,11 +251,16 @@ def build_corpus(
         raise FileNotFoundError(f"no transcript pages (NNN.htm) in {pages_dir}; run `{DOWNLOAD_COMMAND}` first")
     seasons = _seasons_from_index(pages_dir)
     episodes: list[Episode] = []
-    empty_pages: list[str] = []
+    dropped: dict[str, str] = {}
     for page in pages:
-        episode = parse_episode(decode_page(page.read_bytes()), int(page.stem))
+        raw = page.read_bytes()
+        try:
+            episode = parse_episode(decode_page(raw), int(page.stem))
+        except Exception as error:  # html.parser raises on some garbled markup (AssertionError up to 3.12)
+            dropped[page.name] = f"not readable HTML ({type(error).__name__}); {REFETCH_HINT}"
+            continue
         if not any(scene.lines for scene in episode.scenes):
-            empty_pages.append(page.name)
+            dropped[page.name] = f"no transcript line in its {len(raw):,} bytes; {REFETCH_HINT}"
             continue
         episode.season = seasons.get(episode.number)
         episodes.append(episode)
@@ -289,7 +296,8 @@ def build_corpus(
         replaced_characters=dict(replaced.most_common()),
         split_episodes={name: len(split[name]) for name in SPLIT_NAMES},
         split_characters={name: len(split_texts[name]) for name in SPLIT_NAMES},
-        empty_pages=empty_pages,
+        empty_pages=list(dropped),
+        dropped_reasons=dropped,
     )
 
 

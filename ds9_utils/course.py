@@ -12,6 +12,7 @@ the same model.
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -75,6 +76,11 @@ def text_data(text: str, val_fraction: float = 0.1) -> CourseData:
 
 def text_file_data(path: Path, val_fraction: float = 0.1) -> CourseData:
     """A UTF-8 text file as training data (see ``text_data``), with errors that say what is wrong."""
+    if path.is_dir():
+        raise ValueError(f"--text {path} is a folder; pass a UTF-8 text file to train on, e.g. {path / 'text.txt'}")
+    if path.exists() and not path.is_file():
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(path.stat().st_mode) else "a device or socket"
+        raise ValueError(f"--text {path} is {kind}, not a file; save the text to a file and pass that")
     if not path.is_file():
         raise FileNotFoundError(f"--text {path}: no such file; pass a UTF-8 text file to train on")
     try:

@@ -3,9 +3,11 @@
 The site is a small fan archive, so we behave like a careful reader rather than a crawler:
 one HTTP session, a User-Agent that names the project, a pause between requests, time-outs on every
 request, and retries with exponential backoff only for failures that a retry can fix (connection errors,
-time-outs, truncated bodies, 429 and 5xx; a 429's ``Retry-After`` is honoured). Everything one page costs
-(attempts, waits, reads) counts against one deadline, and when several pages in a row fail that way the
-site is taken to be down and the run stops with one line that says what to do. A 404 is not retried: the
+time-outs, truncated bodies, 429 and 5xx; a 429's ``Retry-After`` is honoured): urllib3's ``Retry`` does
+them, and only what it lacks is done here. Everything one page costs (attempts, waits, reads) counts against
+one wall-clock deadline, which no server can stretch, not even one that sends a byte a second; when several
+pages in a row fail that way the site is taken to be down and the run stops with one line that says what to
+do. A 404 is not retried: the
 page is skipped and reported. Redirects are followed on the site's own host only.
 
 Only good pages are cached: a transcript must hold at least one ``NAME: text`` line and the index must link
@@ -20,16 +22,23 @@ stay inside the cache folder, whatever the index says.
 
 from __future__ import annotations
 
-import email.utils
 import math
 import re
+import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import takewhile
 from pathlib import Path
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3 import BaseHTTPResponse, HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.util.retry import Retry
 
 from . import __version__, settings
 from .files import write_atomically
@@ -58,10 +67,17 @@ class PageFailed(Exception):
     others (a 404, a redirect off the site, a page that is not a transcript) say only that page is bad.
     """
 
-    def __init__(self, reason: str, *, retryable: bool = False, retry_after: float | None = None):
+    def __init__(self, reason: str, *, retryable: bool = False):
         super().__init__(reason)
         self.retryable = retryable
-        self.retry_after = retry_after  # seconds the server asked us to wait (429's Retry-After)
+
+
+class _BodyCutShort(Exception):
+    """The answer's body broke off (a reset, a stall, fewer bytes than its Content-Length): worth a retry."""
+
+    def __init__(self, reason: str, *, retries_used: int):
+        super().__init__(reason)
+        self.retries_used = retries_used  # the retries urllib3 made before this answer came
 
 
 @dataclass
@@ -158,34 +174,161 @@ def _host_and_port(url: str) -> tuple[str | None, int | None] | None:
         return None
 
 
+class _OutOfTime(Exception):
+    """urllib3 was about to wait for a retry that would end past the page's deadline; the message is why."""
+
+
+class _DeadlineRetry(Retry):
+    """urllib3's ``Retry`` (status retries, backoff, ``Retry-After``) that never waits past a deadline.
+
+    Two changes only: the first retry already waits ``backoff_factor`` (urllib3 retries at once), so a
+    failing server is never asked twice in the same instant, and a wait that would end past ``deadline``
+    (a ``time.monotonic()`` value) is not made: ``_OutOfTime`` says why instead.
+    """
+
+    deadline = math.inf
+
+    def new(self, **kw: Any) -> _DeadlineRetry:
+        retry = super().new(**kw)
+        retry.deadline = self.deadline
+        return retry
+
+    def get_backoff_time(self) -> float:
+        errors = len(list(takewhile(lambda attempt: attempt.redirect_location is None, reversed(self.history))))
+        return 0.0 if errors == 0 else min(self.backoff_max, self.backoff_factor * 2 ** (errors - 1))
+
+    def is_exhausted(self) -> bool:
+        return super().is_exhausted() or time.monotonic() >= self.deadline
+
+    def sleep(self, response: BaseHTTPResponse | None = None) -> None:
+        asked = self.get_retry_after(response) if response is not None and self.respect_retry_after_header else None
+        wait = self.get_backoff_time() if asked is None else asked
+        if time.monotonic() + wait >= self.deadline:
+            if response is not None:
+                raise _OutOfTime(f"HTTP {response.status} {response.reason}")
+            last_error = self.history[-1].error if self.history else None
+            raise _OutOfTime(_describe(last_error) if last_error is not None else "no answer")
+        super().sleep(response)
+
+
+class _Watchdog:
+    """Cuts the connection in use when a page's deadline passes, whatever the server is doing.
+
+    Socket time-outs bound a silence, not a slow answer: a server that sends one byte a second resets
+    them with every byte. So a timer thread shuts the current connection's socket down at the deadline,
+    which ends the read that waits on it at once; the fetcher then reports the deadline.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connection: HTTPConnection | None = None
+        self._timer: threading.Timer | None = None
+        self.expired = False
+
+    def use(self, connection: HTTPConnection) -> None:
+        """The connection the next request goes out on (called by the connection itself)."""
+        with self._lock:
+            self._connection = connection
+
+    def start(self, seconds: float) -> None:
+        self.expired = False
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._connection = None
+
+    def _cut(self) -> None:
+        with self._lock:
+            if self._timer is None:  # the page finished in the meantime
+                return
+            self.expired = True
+            sock = getattr(self._connection, "sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:  # already closed
+                    pass
+
+
+def _watched_adapter(watchdog: _Watchdog) -> HTTPAdapter:
+    """requests' ``HTTPAdapter`` whose connections tell ``watchdog`` when they send a request."""
+
+    def watched(connection_class: type[HTTPConnection]) -> type[HTTPConnection]:
+        def request(self, *args, **kwargs) -> None:
+            watchdog.use(self)
+            connection_class.request(self, *args, **kwargs)
+
+        return type(f"Watched{connection_class.__name__}", (connection_class,), {"request": request})
+
+    pools = {
+        "http": type("WatchedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": watched(HTTPConnection)}),
+        "https": type("WatchedHTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": watched(HTTPSConnection)}),
+    }
+
+    class WatchedAdapter(HTTPAdapter):
+        def init_poolmanager(self, *args, **kwargs) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = pools
+
+        def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+            """Through an HTTP proxy ($HTTP_PROXY) too; a SOCKS proxy's pools are its own, left unwatched."""
+            manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+            if not proxy.lower().startswith("socks"):
+                manager.pool_classes_by_scheme = pools
+            return manager
+
+    return WatchedAdapter()
+
+
 class PoliteFetcher:
-    """One ``requests.Session`` that waits between requests and retries what a retry can fix."""
+    """One ``requests.Session`` that waits between requests and retries what a retry can fix.
+
+    urllib3's ``Retry`` retries refused and reset connections, time-outs and the statuses in
+    ``RETRYABLE_STATUS``, with exponential backoff and the server's ``Retry-After``. What it cannot do is
+    done here: one wall-clock deadline for the whole page (``_Watchdog``), the size cap, and a retry of a
+    body cut short (urllib3 hands a streamed body over before reading it).
+    """
 
     def __init__(self, config: DownloadConfig, site: str):
         self.config = config
         self.site_host = _host_and_port(site)  # redirects may not leave it
+        self.watchdog = _Watchdog()
+        self.adapter = _watched_adapter(self.watchdog)
         self.session = requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
+        self.session.mount("http://", self.adapter)
+        self.session.mount("https://", self.adapter)
         self._last_request = 0.0
 
     def fetch(self, url: str) -> bytes:
         """The body of ``url``; raises ``PageFailed`` with the reason when every attempt failed.
 
-        All attempts and the waits between them share one deadline, ``config.page_deadline``, so a server
-        that accepts the connection and then says nothing costs that much time at most.
+        All attempts and the waits between them share one wall-clock deadline, ``config.page_deadline``:
+        a server that says nothing, or sends one byte at a time, costs that much time at most.
         """
         cfg = self.config
         deadline = time.monotonic() + cfg.page_deadline
-        for attempt in range(cfg.retries + 1):
-            self._wait_turn()
-            try:
-                return self._attempt(url, deadline)
-            except PageFailed as failure:
-                wait = cfg.backoff * 2**attempt if failure.retry_after is None else failure.retry_after
-                if not failure.retryable or attempt == cfg.retries or time.monotonic() + wait >= deadline:
-                    raise
-                time.sleep(wait)
-        raise AssertionError("unreachable: the last attempt either returns or raises")
+        retries_left, failures = cfg.retries, 0
+        self.watchdog.start(cfg.page_deadline)
+        try:
+            while True:
+                self._wait_turn()
+                try:
+                    return self._attempt(url, deadline, retries_left)
+                except _BodyCutShort as failure:  # the one failure urllib3 cannot retry: a body cut short
+                    retries_left -= failure.retries_used + 1
+                    failures += failure.retries_used + 1
+                    wait = cfg.backoff * 2 ** (failures - 1)
+                    if retries_left < 0 or time.monotonic() + wait >= deadline:
+                        raise PageFailed(str(failure), retryable=True) from failure
+                    time.sleep(wait)
+        finally:
+            self.watchdog.stop()
 
     def _wait_turn(self) -> None:
         pause = self.config.delay - (time.monotonic() - self._last_request)
@@ -193,10 +336,10 @@ class PoliteFetcher:
             time.sleep(pause)
         self._last_request = time.monotonic()
 
-    def _attempt(self, url: str, deadline: float) -> bytes:
-        """One request, following redirects on the site's own host, and its body."""
+    def _attempt(self, url: str, deadline: float, retries: int) -> bytes:
+        """One request (urllib3 retries it), following redirects on the site's own host, and its body."""
         for _ in range(MAX_REDIRECTS + 1):
-            response = self._request(url, deadline)
+            response = self._request(url, deadline, retries)
             if not response.is_redirect:
                 break
             response.close()
@@ -207,49 +350,56 @@ class PoliteFetcher:
             raise PageFailed(f"more than {MAX_REDIRECTS} redirects")
         with response:
             status = f"HTTP {response.status_code} {response.reason}"
-            if response.status_code in RETRYABLE_STATUS:
-                raise PageFailed(status, retryable=True, retry_after=self._retry_after(response))
+            if response.status_code in RETRYABLE_STATUS:  # urllib3 retried it as often as it could
+                raise PageFailed(status, retryable=True)
             if response.status_code != 200:
                 raise PageFailed(status)
             return self._read_body(response, deadline)
 
-    def _request(self, url: str, deadline: float) -> requests.Response:
+    def _out_of_time(self) -> PageFailed:
+        return PageFailed(f"no whole page within {self.config.page_deadline:g} s", retryable=True)
+
+    def _request(self, url: str, deadline: float, retries: int) -> requests.Response:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise PageFailed(f"no page within {self.config.page_deadline:g} s", retryable=True)
+            raise self._out_of_time()
         timeout = (min(self.config.connect_timeout, remaining), min(self.config.read_timeout, remaining))
+        retry = _DeadlineRetry(
+            total=retries,
+            status_forcelist=RETRYABLE_STATUS,
+            backoff_factor=self.config.backoff,
+            raise_on_status=False,  # the last answer is returned, and reported with its status
+        )
+        retry.deadline = deadline
+        self.adapter.max_retries = retry
         try:
             return self.session.get(url, timeout=timeout, stream=True, allow_redirects=False)
+        except _OutOfTime as error:
+            reason = f"{error}; no time left to retry within {self.config.page_deadline:g} s"
+            raise PageFailed(reason, retryable=True) from error
         except RETRYABLE_ERRORS as error:
+            if self.watchdog.expired:
+                raise self._out_of_time() from error
             raise PageFailed(_describe(error), retryable=True) from error
         except requests.RequestException as error:
             raise PageFailed(_describe(error)) from error
 
     def _read_body(self, response: requests.Response, deadline: float) -> bytes:
-        """The body, read in pieces so that its size and the deadline are checked between reads."""
+        """The body, read in pieces so that its size is checked as it grows."""
         body = bytearray()
         try:
             for piece in response.iter_content(chunk_size=16_384):
                 body += piece
                 if len(body) > MAX_PAGE_BYTES:
                     raise PageFailed(f"the page is larger than {MAX_PAGE_BYTES:,} bytes")
-                if time.monotonic() > deadline:
-                    raise PageFailed(f"no whole page within {self.config.page_deadline:g} s", retryable=True)
-        except RETRYABLE_ERRORS as error:  # a stall, a reset, or a body shorter than its Content-Length
-            raise PageFailed(_describe(error), retryable=True) from error
+        except RETRYABLE_ERRORS as error:  # a stall, a reset, a body shorter than its Content-Length, the deadline
+            if self.watchdog.expired or time.monotonic() >= deadline:
+                raise self._out_of_time() from error
+            retried = getattr(response.raw, "retries", None)  # what urllib3 spent before this answer came
+            raise _BodyCutShort(_describe(error), retries_used=len(retried.history) if retried else 0) from error
         except requests.RequestException as error:
             raise PageFailed(_describe(error)) from error
         return bytes(body)
-
-    def _retry_after(self, response: requests.Response) -> float | None:
-        """The wait a 429 or 503 asks for, in seconds (``Retry-After`` is a number or an HTTP date)."""
-        header = response.headers.get("Retry-After", "").strip()
-        if header.isdigit():
-            return float(header)
-        try:
-            return max(email.utils.parsedate_to_datetime(header).timestamp() - time.time(), 0.0)
-        except (TypeError, ValueError):
-            return None
 
     def close(self) -> None:
         self.session.close()

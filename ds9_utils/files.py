@@ -12,20 +12,67 @@ from __future__ import annotations
 import errno
 import io
 import os
-import pickle
 import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-# What torch.load raises for a file that is not one of its archives: garbage or a foreign pickle
-# (UnpicklingError), an empty file (EOFError), a truncated or foreign zip (RuntimeError). The device is
-# checked before loading (settings.resolve_device), so a RuntimeError here means a bad file, not a bad device.
-UNREADABLE_TORCH_FILE = (pickle.UnpicklingError, EOFError, RuntimeError)
+from filelock import FileLock, Timeout
+
+
+class DamagedFileError(ValueError):
+    """A file that is not what it should be: not a torch file, another program's, cut short or damaged.
+
+    The message says which file and what to do; the command line reports it as a usage error (exit 2):
+    the file given is not one it can use.
+    """
 
 
 class FileWriteError(OSError):
     """A file could not be written (full disk, no permission, a file where a folder should be); the message
     says which file and what to do."""
+
+
+class FileInUseError(RuntimeError):
+    """Another process is writing the same file (the message names it, and what to do): a usage error."""
+
+
+@contextmanager
+def sole_writer(path: str | Path, choose_another: str) -> Iterator[None]:
+    """Hold the lock of ``path`` while this process writes it: a second writer is refused in one line.
+
+    Two runs writing one checkpoint would each replace the other's file, and one run's work would be lost
+    without a word. The lock is the operating system's, on ``.NAME.lock`` beside the file (``filelock``:
+    ``fcntl`` on POSIX, ``msvcrt`` on Windows), so it ends with its process: a run killed with ``kill -9``
+    leaves the small lock file behind but not the lock, and the next run takes it. The holder writes its pid
+    into the file, so the refusal can name it; ``choose_another`` is the option that picks another file.
+    """
+    path = Path(path)
+    target = Path(os.path.realpath(path))  # one lock per file, whatever link or relative path names it
+    lock_path = target.with_name(f".{target.name}.lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(lock_path)
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            holder = f"process {int(lock_path.read_text().strip())}"
+        except (OSError, ValueError):  # it has not written its pid yet, or the system keeps others out
+            holder = "another process"
+        raise FileInUseError(
+            f"{path} is being written by another run ({holder}); wait for it to finish, or write this run to "
+            f"another file with {choose_another}"
+        ) from None
+    except OSError as error:
+        raise _why_not_writable(lock_path, error) from error
+    try:
+        lock_path.write_text(str(os.getpid()))
+        yield
+    finally:
+        lock.release()  # the file stays: removing it would let a third run lock a new file while one waits
 
 
 def _umask() -> int:
@@ -59,11 +106,51 @@ def _why_not_writable(path: Path, error: OSError) -> FileWriteError:
     return FileWriteError(f"cannot write {path}: {error.strerror or error}")
 
 
+STALE_PART_SECONDS = 300  # a temporary file this old is left by a write that will never finish
+
+
+def _process_is_gone(pid: int) -> bool:
+    """True when no process ``pid`` runs here (POSIX); elsewhere, or when unsure, False."""
+    if os.name != "posix":  # on Windows os.kill(pid, 0) would end the process, not ask about it
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: it exists, and belongs to another user
+        pass
+    return False
+
+
+def sweep_stale_parts(target: Path) -> None:
+    """Remove the temporary files ``write_atomically`` left beside ``target`` when it was killed.
+
+    A temporary file is ``.NAME.PID.RANDOM.part``. It is stale when its writer (``PID``) is gone, or when it
+    is older than ``STALE_PART_SECONDS`` (a writer's pid may be reused, and older versions wrote no pid);
+    a fresh one of a live writer is another write in progress, and is kept.
+    """
+    prefix = f".{target.name}."
+    try:
+        candidates = [p for p in target.parent.iterdir() if p.name.startswith(prefix) and p.name.endswith(".part")]
+    except OSError:  # no folder yet, or one we cannot list: nothing of ours to sweep
+        return
+    for part in candidates:
+        pid = part.name[len(prefix) :].split(".", 1)[0]
+        try:
+            if (pid.isdigit() and _process_is_gone(int(pid))) or (
+                time.time() - part.stat().st_mtime > STALE_PART_SECONDS
+            ):
+                part.unlink()
+        except OSError:  # gone already (another writer swept it), or not ours to remove
+            continue
+
+
 def write_atomically(path: str | Path, content: bytes) -> Path:
     """Write ``content`` to ``path`` whole or not at all, and return the path written.
 
     The temporary file is renamed over the target only once every byte is on disk; an interruption
-    removes it and leaves any earlier file untouched. The new file gets the usual permissions
+    removes it and leaves any earlier file untouched, and what a killed write left behind is swept by the
+    next write of the same file (``sweep_stale_parts``). The new file gets the usual permissions
     (``0o666`` minus the umask), not the owner-only ones of a temporary file. When ``path`` is a symbolic
     link, the file it points to is replaced and the link stays a link.
     """
@@ -72,7 +159,9 @@ def write_atomically(path: str | Path, content: bytes) -> Path:
     tmp_name = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        sweep_stale_parts(target)
+        prefix = f".{target.name}.{os.getpid()}."  # the writer's pid: a later write can tell if it is gone
+        handle, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=".part")
         with os.fdopen(handle, "wb") as tmp:
             tmp.write(content)
             tmp.flush()
@@ -110,11 +199,19 @@ def load_torch(path: str | Path, map_location: Any = "cpu", *, what: str = "torc
     if not path.is_file():
         raise FileNotFoundError(f"no {what} at {path}: {remedy}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except UNREADABLE_TORCH_FILE as error:
-        raise ValueError(
-            f"{path} is not a readable {what} ({type(error).__name__}): it may be truncated or another kind "
-            f"of file; {remedy}"
-        ) from error
+        handle = open(path, "rb")  # closed below; opening is where the system says no
     except OSError as error:
         raise ValueError(f"cannot read {path}: {error.strerror or error}") from error
+    try:
+        with handle, warnings.catch_warnings():  # a damaged file can make torch warn (of pickle protocol 75...)
+            warnings.simplefilter("ignore")
+            return torch.load(handle, map_location=map_location, weights_only=True)
+    except Exception as error:
+        # Garbage or a foreign pickle, an empty, truncated or foreign zip, a changed byte: torch.load's
+        # unpickler then fails in any of a dozen ways (UnpicklingError, EOFError, RuntimeError, OSError, but
+        # also IndexError, KeyError, TypeError...). The device was checked before (settings.resolve_device)
+        # and the file opened, so whatever it raises here is about the file's contents.
+        raise DamagedFileError(
+            f"{path} is not a readable {what} ({type(error).__name__}): it may be truncated, damaged or another "
+            f"kind of file; {remedy}"
+        ) from error

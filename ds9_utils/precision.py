@@ -112,9 +112,11 @@ def should_compile(device: str | torch.device, model: torch.nn.Module, requested
     the gain (about 5% per step, measured) does not pay for the compile time of a run of minutes, and a tiny
     model trains in less time than compiling it takes.
     """
-    forced = os.environ.get("DS9_COMPILE", "").strip().lower()
-    if forced:
-        return forced not in ("0", "false", "no", "off")
+    from .settings import env_switch
+
+    forced = env_switch("DS9_COMPILE", on="torch.compile", off="eager mode (no compiling)")
+    if forced is not None:
+        return forced
     if requested is not None:
         return requested
     parameters = sum(p.numel() for p in model.parameters())

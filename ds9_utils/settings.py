@@ -71,21 +71,33 @@ def download_delay(seconds: float | None = None) -> float:
     return float(seconds)
 
 
-def quick_mode() -> bool:
-    """True when ``DS9_QUICK`` says yes: tests and CI run every notebook small and fast.
+# The words a DS9_* switch understands, in any case and with spaces around; unset or empty means the default.
+YES_WORDS = ("1", "true", "yes", "on")
+NO_WORDS = ("0", "false", "no", "off")
 
-    Only clear answers count, in any case: 1/true/yes/on, or 0/false/no/off/n/none (or unset) for the full
-    runs; anything else is an error rather than a guess, since ``DS9_QUICK=off`` must never mean on.
+
+def env_switch(name: str, *, on: str, off: str) -> bool | None:
+    """The yes or no of the environment variable ``name`` (a ``DS9_*`` switch), or ``None`` when it is unset.
+
+    Every switch reads the same words (``YES_WORDS``, ``NO_WORDS``); anything else is refused in one line
+    that says what ``on`` and ``off`` mean, rather than guessed: ``DS9_QUICK=off`` or ``DS9_COMPILE=banana``
+    must never silently mean on.
     """
-    on, off = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "n", "none")
-    raw = os.environ.get("DS9_QUICK", "")
+    raw = os.environ.get(name, "")
     value = raw.strip().lower()
-    if value not in on + off + ("",):
-        raise ValueError(
-            f"DS9_QUICK={raw!r} is not a yes or no; use one of {', '.join(on)} for quick mode, "
-            f"or one of {', '.join(off)} (or leave it unset) for the full runs"
-        )
-    return value in on
+    if not value:
+        return None
+    if value in YES_WORDS + NO_WORDS:
+        return value in YES_WORDS
+    raise ValueError(
+        f"{name}={raw!r} is not a yes or no; use one of {', '.join(YES_WORDS)} for {on}, "
+        f"or one of {', '.join(NO_WORDS)} for {off} (or leave it unset)"
+    )
+
+
+def quick_mode() -> bool:
+    """True when ``DS9_QUICK`` says yes (``env_switch``): tests and CI run every notebook small and fast."""
+    return bool(env_switch("DS9_QUICK", on="quick mode", off="the full runs"))
 
 
 def in_notebook() -> bool:

@@ -11,6 +11,7 @@ from collections import Counter
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 class QuietFileHandler(SimpleHTTPRequestHandler):
@@ -204,6 +205,50 @@ class SilentHandler(QuietFileHandler):
         self.log.paths.append(self.path)
         self.closing.wait()
         self.close_connection = True
+
+
+class DripHandler(QuietFileHandler):
+    """Sends a whole answer one byte at a time, ``interval`` seconds apart: from its status line on
+    (``where="headers"``), or a prompt status line and headers and then the body (``where="body"``).
+    Every byte resets a socket time-out, so only a wall-clock deadline stops a client."""
+
+    log: FaultLog
+    where: str
+    interval = 1.0
+
+    def do_GET(self) -> None:
+        self.log.attempts[self.path.rsplit("/", 1)[-1]] += 1
+        body = page_html("drip")
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        if self.where == "body":
+            self.wfile.write(head)
+            self.wfile.flush()
+        for byte in (head if self.where == "headers" else b"") + body:
+            time.sleep(self.interval)
+            try:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            except OSError:  # the client hung up: what it should do
+                return
+        self.close_connection = True
+
+
+class RelayProxyHandler(QuietFileHandler):
+    """An HTTP proxy that relays each answer byte for byte as it arrives, as a real proxy does."""
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)  # a proxy is asked for the whole address
+        with socket.create_connection((parts.hostname, parts.port)) as upstream:
+            upstream.sendall(f"GET {parts.path} HTTP/1.0\r\nHost: {parts.netloc}\r\n\r\n".encode())
+            while piece := upstream.recv(1024):
+                self.wfile.write(piece)
+                self.wfile.flush()
+        self.close_connection = True
+
+
+def make_drip_server(where: str) -> tuple[LoopbackServer, FaultLog]:
+    """A site whose every answer comes at one byte per second, from the headers or from the body on."""
+    return _serve(DripHandler, where=where)
 
 
 def _serve(handler: type, folder: Path | None = None, **attributes) -> tuple[LoopbackServer, FaultLog]:

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import sys
+import zipfile
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from ds9_utils.checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
+from ds9_utils.__main__ import main
+from ds9_utils.checkpoints import (
+    CHECKSUM_KEY,
+    content_digest,
+    load_checkpoint,
+    read_checkpoint,
+    read_resumable_checkpoint,
+    save_checkpoint,
+)
+from ds9_utils.files import DamagedFileError
 from ds9_utils.model import GPT, GPTConfig
 from ds9_utils.tokenizers import CharTokenizer
 from ds9_utils.train import train
@@ -33,8 +47,11 @@ def checkpoint(tmp_path):
     return path
 
 
-def rewrite(path, change) -> None:
+def rewrite(path, change, *, keep_checksum: bool = False) -> None:
+    """Change a checkpoint's contents; without ``keep_checksum`` it becomes a file from before the checksum."""
     raw = torch.load(path, weights_only=True)
+    if not keep_checksum:
+        del raw[CHECKSUM_KEY]
     change(raw)
     torch.save(raw, path)
 
@@ -69,13 +86,18 @@ def test_a_good_checkpoint_loads_on_the_cpu(checkpoint):
         (lambda raw: raw["model"].update({"ln_f.weight": torch.zeros(3)}), r"ln_f.weight is \(3,\), not \(8,\)"),
         (lambda raw: raw["model_config"].update(n_head=3), "describes no model this version can build"),
         (lambda raw: raw.update(format="something else"), "not a ds9_utils checkpoint"),
+        (lambda raw: raw.update(model_config=5), "damaged checkpoint: its model_config is of type int"),
+        (lambda raw: raw.update(sha257="0"), r"damaged checkpoint: it has parts no checkpoint has: \['sha257'\]"),
     ],
 )
 def test_a_damaged_checkpoint_is_one_clear_line(checkpoint, change, message):
     rewrite(checkpoint, change)
-    with pytest.raises(ValueError, match=message) as caught:
+    with pytest.raises(DamagedFileError, match=message) as caught:
         load_checkpoint(checkpoint, "cpu")
     assert "\n" not in str(caught.value) and str(checkpoint) in str(caught.value)
+    tokenizer = CharTokenizer.from_text(TEXT_A)
+    with pytest.raises(ValueError, match=re.escape(str(checkpoint))):  # train --resume's reader: no traceback either
+        read_resumable_checkpoint(checkpoint, tiny_model(tokenizer.vocab_size), tokenizer)
 
 
 def test_a_truncated_file_is_unreadable_not_a_device_problem(checkpoint):
@@ -100,7 +122,7 @@ def test_resuming_on_another_text_with_a_vocabulary_of_the_same_size_is_refused(
     a, b = CharTokenizer.from_text(TEXT_A), CharTokenizer.from_text(TEXT_B)
     assert a.vocab_size == b.vocab_size and a.to_dict() != b.to_dict()
     before = path.read_bytes()
-    with pytest.raises(ValueError, match="trained on another text .*--text"):
+    with pytest.raises(ValueError, match=r"trained on another text \(its vocabulary, \d+ tokens, is not this"):
         train_on(TEXT_B, path, 4, resume=True)
     assert path.read_bytes() == before
     assert train_on(TEXT_A, path, 4, resume=True).steps == 4, "the same text resumes"
@@ -124,3 +146,129 @@ def test_a_symlinked_checkpoint_stays_a_link(tmp_path):
     train_on(TEXT_A, link, 2)
     assert link.is_symlink() and os.readlink(link) == str(tmp_path / "runs" / "v1.pt")
     assert load_checkpoint(link, "cpu").step == 2
+
+
+# ---------------------------------------------------------------------------------------------- the checksum
+
+
+def test_a_changed_weight_is_reported_as_damage_not_loaded(checkpoint):
+    def nudge(raw) -> None:  # what one flipped bit of a float does: the file still unpickles
+        raw["model"]["lm_head.weight"].view(torch.int32)[0, 0] ^= 1
+
+    rewrite(checkpoint, nudge, keep_checksum=True)
+    with pytest.raises(DamagedFileError, match="is damaged: its contents no longer match the checksum") as caught:
+        load_checkpoint(checkpoint, "cpu")
+    assert "good copy" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_checkpoint_from_before_the_checksum_still_loads(checkpoint):
+    rewrite(checkpoint, lambda raw: None)
+    assert CHECKSUM_KEY not in torch.load(checkpoint, weights_only=True)
+    assert load_checkpoint(checkpoint, "cpu").step == 3
+
+
+def test_the_checksum_covers_every_part_and_tells_values_apart():
+    state = {"step": 3, "history": {"loss": [1.5]}, "model": {"w": torch.zeros(2)}}
+    changed = [
+        {**state, "step": 4},
+        {**state, "history": {"loss": [1.25]}},
+        {**state, "model": {"w": torch.tensor([0.0, 1e-30])}},
+        {**state, "model": {"w": torch.zeros(2, dtype=torch.float64)}},
+        {**state, "model": {"w": torch.zeros(1, 2)}},
+        {**state, "step": "3"},
+    ]
+    digests = {content_digest(other) for other in changed}
+    assert len(digests) == len(changed) and content_digest(state) not in digests
+    assert content_digest({**state, CHECKSUM_KEY: "anything"}) == content_digest(state)
+
+
+@pytest.fixture(scope="module")
+def good_bytes(tmp_path_factory) -> bytes:
+    """A checkpoint with an optimizer, so that train --resume's path reads it too."""
+    tokenizer = CharTokenizer.from_text(TEXT_A)
+    model = tiny_model(tokenizer.vocab_size)
+    optimizer = torch.optim.AdamW(model.parameters())
+    path = tmp_path_factory.mktemp("good") / "model.pt"
+    save_checkpoint(
+        path, model=model, optimizer=optimizer, train_config=CONFIG, step=3, history={}, tokenizer=tokenizer
+    )
+    return path.read_bytes()
+
+
+def flip_a_weight_bit(good: bytes) -> bytes:
+    """``good`` with one bit changed inside the bytes of a weight tensor."""
+    weights = torch.load(io.BytesIO(good), weights_only=True)["model"]["lm_head.weight"].numpy().tobytes()
+    where = good.index(weights) + len(weights) // 2
+    return good[:where] + bytes([good[where] ^ 0x10]) + good[where + 1 :]
+
+
+def foreign_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("notes/readme.txt", "a zip file, but not torch's")
+    return buffer.getvalue()
+
+
+BAD_FILES = {
+    "text": lambda good: b"hello world\n",
+    "empty": lambda good: b"",
+    "truncated": lambda good: good[: len(good) // 2],
+    "a foreign zip": lambda good: foreign_zip(),
+    "a wrong first byte": lambda good: b"Q" + good[1:],
+    "a flipped bit": flip_a_weight_bit,
+}
+
+
+@pytest.mark.parametrize("kind", BAD_FILES)
+def test_generate_and_train_resume_on_a_bad_file_say_so_in_one_line_with_exit_2(good_bytes, kind, tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(BAD_FILES[kind](good_bytes))
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT_A, encoding="utf-8")
+    for command in (
+        ["generate", "--checkpoint", str(bad)],
+        ["train", "--text", str(text), "--out", str(bad), "--resume"],
+    ):
+        capsys.readouterr()
+        assert main(command) == 2, command  # any exception would escape main and fail the test with its traceback
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {bad} "), (command, lines)
+    assert bad.read_bytes() == BAD_FILES[kind](good_bytes), "the bad file is left as it was"
+
+
+BAD_BYTES = st.one_of(
+    st.tuples(st.just("random bytes"), st.binary(max_size=20_000)),
+    st.tuples(st.just("truncated at"), st.floats(0, 1, exclude_max=True)),
+    st.tuples(st.just("bit flipped at"), st.floats(0, 1, exclude_max=True)),
+)
+
+
+def damage(good: bytes, how: str, where) -> bytes:
+    if how == "random bytes":
+        return where
+    if how == "truncated at":
+        return good[: int(where * len(good))]
+    bit = int(where * len(good) * 8)
+    return good[: bit // 8] + bytes([good[bit // 8] ^ (1 << bit % 8)]) + good[bit // 8 + 1 :]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(damaged=BAD_BYTES)
+def test_a_damaged_file_is_refused_in_one_line_or_loads_exactly_what_was_saved(good_bytes, tmp_path, damaged):
+    """Through the readers of `generate --checkpoint` (load_checkpoint) and `train --resume`
+    (read_resumable_checkpoint): no other exception, and nothing changed ever loads."""
+    path = tmp_path / "damaged.pt"
+    path.write_bytes(damage(good_bytes, *damaged))
+    saved = content_digest(torch.load(io.BytesIO(good_bytes), weights_only=True))
+    tokenizer = CharTokenizer.from_text(TEXT_A)
+    readers = {
+        "generate": lambda: load_checkpoint(path, "cpu").raw,
+        "train --resume": lambda: read_resumable_checkpoint(path, tiny_model(tokenizer.vocab_size), tokenizer),
+    }
+    for name, read in readers.items():
+        try:
+            raw = read()
+        except DamagedFileError as error:
+            assert "\n" not in str(error) and str(path) in str(error), (name, str(error))
+        else:  # a change the file's format ignores (a zip header's field): what loads is what was saved
+            assert raw[CHECKSUM_KEY] == content_digest(raw) == saved, name

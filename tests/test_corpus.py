@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from ds9_utils import corpus
+from ds9_utils.__main__ import main
 from ds9_utils.corpus import (
     FALLBACK_CHARACTER,
     build_corpus,
@@ -23,6 +25,7 @@ from ds9_utils.corpus import (
     split_episodes,
 )
 from ds9_utils.parse import Episode, Line, Scene, decode_page, parse_episode
+from ds9_utils.settings import pages_dir
 
 HEADER = re.compile(r"^=== (\d+): (.+) ===$", re.MULTILINE)
 
@@ -159,6 +162,27 @@ def test_pages_without_a_transcript_are_left_out_and_listed(tmp_path):
     summary = build_corpus(tmp_path / "pages", tmp_path / "corpus")
     assert summary.episodes == 4 and summary.empty_pages == ["960.htm"]
     assert "960" not in load_split("all", tmp_path / "corpus")
+
+
+def test_cli_corpus_names_each_page_it_leaves_out_and_why_on_stderr_and_in_its_json(tmp_path, monkeypatch, capsys):
+    pages = pages_dir(tmp_path)
+    write_site(pages, count=4)
+    (pages / "960.htm").write_bytes(page("Under construction", ""))
+    (pages / "961.htm").write_bytes(b"<html><table><tr><td>" * 3)
+
+    def parse_or_fail(html: str, number: int) -> Episode:  # a page html.parser cannot read (it raises on some)
+        if number == 961:
+            raise AssertionError("expected name token")
+        return parse_episode(html, number)
+
+    monkeypatch.setattr(corpus, "parse_episode", parse_or_fail)
+    assert main(["corpus", "--data-dir", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    reasons = json.loads(out.strip().splitlines()[-1])["dropped_reasons"]
+    assert list(reasons) == ["960.htm", "961.htm"]
+    assert reasons["960.htm"].startswith("no transcript line in its") and "download" in reasons["960.htm"]
+    assert reasons["961.htm"].startswith("not readable HTML (AssertionError)")
+    assert err.splitlines() == [f"warning: left {name} out of the corpus: {reason}" for name, reason in reasons.items()]
 
 
 def test_build_errors_say_what_to_do(tmp_path):

@@ -172,6 +172,25 @@ def test_cli_unreachable_site_is_one_clear_line_and_nonzero_exit(tmp_path):
     assert len(lines) == 1 and "--base-url" in lines[0] and "Traceback" not in result.stderr
 
 
+def test_cli_when_every_page_fails_stderr_says_so_in_one_line_and_the_exit_is_1(tmp_path):
+    site = write_site(tmp_path / "site", {"401.htm": page_html("401.htm"), "402.htm": page_html("402.htm")})
+    for page in ("401.htm", "402.htm"):  # the index links them; the server answers 404
+        (site / "DS9" / page).unlink()
+    server = serve_folder(site)
+    try:
+        result = run_cli("download", "--base-url", server.url, "--data-dir", str(tmp_path / "data"), "--delay", "0")
+    finally:
+        server.close()
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "every page failed (2 of them" in lines[0] and "--base-url" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert [item["page"] for item in json.loads(result.stdout.strip().splitlines()[-1])["failed"]] == [
+        "401.htm",
+        "402.htm",
+    ]
+
+
 # ---------------------------------------------------------------------- only good pages reach the cache
 
 

@@ -17,7 +17,15 @@ import time
 from pathlib import Path
 
 import pytest
-from servers import SilentServer, make_first_request_fault_server, page_html, write_site
+from servers import (
+    LoopbackServer,
+    RelayProxyHandler,
+    SilentServer,
+    make_drip_server,
+    make_first_request_fault_server,
+    page_html,
+    write_site,
+)
 
 from ds9_utils.download import DownloadConfig, DownloadError, download_transcripts, pages_dir
 
@@ -111,6 +119,58 @@ def test_a_server_that_never_answers_costs_one_page_deadline_then_one_clear_line
     message = str(raised.value)
     assert "\n" not in message and "episodes.htm" in message and "DS9_BASE_URL" in message
     assert files_under(tmp_path) == {}
+
+
+@pytest.mark.parametrize("where", ["headers", "body"])
+def test_a_server_that_sends_one_byte_a_second_is_cut_off_at_the_page_deadline(tmp_path, where):
+    """Each byte resets the read time-out (20 s here), so only a wall-clock deadline ends the page."""
+    config = DownloadConfig(delay=0.0, retries=3, backoff=0.05, page_deadline=1.5)
+    server, log = make_drip_server(where)
+    started = time.monotonic()
+    try:
+        with pytest.raises(DownloadError) as raised:
+            download_transcripts(server.url, tmp_path, config, progress=False)
+    finally:
+        server.close()
+    seconds = time.monotonic() - started
+    assert 1.4 <= seconds < 3.0, seconds  # the page has some 300 bytes: 300 s without the deadline
+    assert log.attempts["episodes.htm"] == 1  # no retry fits in what is left of the deadline
+    assert "no whole page within 1.5 s" in str(raised.value) and "\n" not in str(raised.value)
+    assert files_under(tmp_path) == {}
+
+
+def test_through_an_http_proxy_one_byte_a_second_is_cut_off_at_the_page_deadline_too(tmp_path, monkeypatch):
+    server, log = make_drip_server("body")
+    proxy = LoopbackServer(RelayProxyHandler)
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    config = DownloadConfig(delay=0.0, retries=3, backoff=0.05, page_deadline=1.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(DownloadError, match="no whole page within 1.5 s"):
+            download_transcripts(server.url, tmp_path, config, progress=False)
+    finally:
+        proxy.close()
+        server.close()
+    assert 1.4 <= time.monotonic() - started < 3.0 and log.attempts["episodes.htm"] == 1
+
+
+def test_a_retry_after_longer_than_the_page_deadline_is_not_waited_for(tmp_path):
+    """A 429 asks for 1 s; the page has 0.5 s: the page fails at once, saying why, instead of sleeping past it."""
+    write_site(tmp_path / "site", {"401.htm": page_html("401.htm"), "402.htm": page_html("402.htm")})
+    server, log = make_first_request_fault_server(tmp_path / "site", {"401.htm": "429"})
+    config = DownloadConfig(delay=0.0, retries=3, backoff=0.05, page_deadline=0.5)
+    started = time.monotonic()
+    try:
+        report = download_transcripts(server.url, tmp_path / "data", config, progress=False)
+    finally:
+        server.close()
+    assert time.monotonic() - started < 1.0 and log.attempts["401.htm"] == 1
+    assert report.failed == [
+        {"page": "401.htm", "reason": "HTTP 429 Too Many Requests; no time left to retry within 0.5 s"}
+    ]
+    assert report.downloaded == ["402.htm"]
 
 
 def test_a_site_that_stops_answering_stops_the_run_after_a_few_pages(tmp_path):

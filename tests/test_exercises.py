@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import signal
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -224,3 +226,95 @@ def test_the_newton_schulz_exercise_names_the_typical_mistakes():
     assert "divide the matrix by its norm" in _verdict("09.5", unnormalised)
     assert "you ran 3 Newton-Schulz steps; take 5" in _verdict("09.5", lambda matrix: orthogonalize(matrix, steps=3))
     assert "is off at index" in _verdict("09.5", lambda matrix: matrix)
+
+
+# ---------------------------------------------------------------------------------------------- not fooled
+
+
+class EqualsEverything:
+    """An answer that says it equals whatever it is compared with."""
+
+    def __eq__(self, other):
+        return True
+
+    def __ne__(self, other):
+        return False
+
+    __hash__ = object.__hash__
+
+
+class EqualsEverythingInt(int):
+    def __eq__(self, other):
+        return True
+
+    __hash__ = int.__hash__
+
+
+@pytest.mark.parametrize("answer", [EqualsEverything(), EqualsEverythingInt(7)], ids=["object", "int subclass"])
+def test_an_answer_that_equals_everything_fails_00_1(answer):
+    right, line = printed(check, "00.1", lambda corpus, name: answer)
+    assert not right and "should be of type int, got EqualsEverything" in line
+
+
+def test_equal_problem_compares_exact_types_all_the_way_down():
+    assert exercises.equal_problem("x", [1, "a"], [1, "a"]) is None
+    assert exercises.equal_problem("x", {"a": [1, 2]}, {"a": [1, 2]}) is None
+    assert "should be of type list, got tuple" in exercises.equal_problem("x", (1, 2), [1, 2])
+    assert "should be of type int, got bool" in exercises.equal_problem("x", True, 1)
+    assert exercises.equal_problem("x", [EqualsEverything()], ["a"]) is not None
+    assert exercises.equal_problem("x", {"a": EqualsEverything()}, {"a": 1}) is not None
+    assert exercises.equal_problem("x", {EqualsEverything(): 1}, {"a": 1}) is not None
+
+
+class AlwaysClose(torch.Tensor):
+    """A tensor that answers for itself: its methods say it is close to anything, and so would torch's
+    functions called on it, through __torch_function__."""
+
+    def allclose(self, *args, **kwargs):
+        return True
+
+    def detach(self):
+        return self
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in ("allclose", "isclose", "equal"):
+            return True
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_a_tensor_subclass_that_overrides_allclose_fails_close_problem():
+    fake = torch.zeros(2, 3).as_subclass(AlwaysClose)
+    assert torch.allclose(fake, torch.ones(2, 3)), "the fake would fool a comparison through torch's functions"
+    problem = exercises.close_problem("probs", fake, torch.ones(2, 3))
+    assert problem == "probs is off at index (0, 0): expected 1, got 0"
+    assert exercises.close_problem("probs", torch.ones(2, 3).as_subclass(AlwaysClose), torch.ones(2, 3)) is None
+    right, line = printed(check, "03.1", lambda counts, k: torch.zeros(counts.shape).as_subclass(AlwaysClose))
+    assert not right and "is off at index" in line
+
+
+def test_an_endless_answer_fails_within_the_time_limit(monkeypatch):
+    monkeypatch.setattr(exercises, "CHECK_SECONDS", 0.5)
+
+    def endless(corpus, name):
+        while True:
+            try:
+                pass
+            except Exception:  # a loop that swallows errors does not swallow the time limit
+                pass
+
+    started = time.monotonic()
+    right, line = printed(check, "00.1", endless)
+    assert not right and "did not finish within 0.5 s" in line and "loop" in line
+    assert time.monotonic() - started < 2
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0), "the timer is switched off after the check"
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="POSIX interval timers")
+def test_a_timer_already_running_is_left_alone():
+    signal.setitimer(signal.ITIMER_REAL, 100)
+    try:
+        right, _ = printed(check, "00.1", solution("00.1").run())
+        assert right and 90 < signal.getitimer(signal.ITIMER_REAL)[0] <= 100
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -34,6 +36,45 @@ def test_writes_the_whole_file_and_leaves_no_temporary_file(tmp_path):
     write_atomically(path, b"second")
     assert path.read_bytes() == b"second"
     assert [p.name for p in path.parent.iterdir()] == ["out.bin"]
+
+
+def a_finished_pid() -> int:
+    """The pid of a process that has ended (and not been reused in the moment since)."""
+    process = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(process.stdout)
+
+
+@POSIX
+def test_a_write_sweeps_what_killed_writes_of_its_file_left_and_keeps_a_live_writers(tmp_path):
+    target = tmp_path / "model.pt"
+    old = time.time() - files.STALE_PART_SECONDS - 60
+    parts = {
+        "dead writer": tmp_path / f".model.pt.{a_finished_pid()}.k3j9.part",
+        "old, live writer": tmp_path / f".model.pt.{os.getpid()}.a1b2.part",
+        "old, no pid (an older version's name)": tmp_path / ".model.pt.x7q2m1.part",
+        "fresh, live writer": tmp_path / f".model.pt.{os.getpid()}.z9y8.part",
+        "another file's": tmp_path / f".other.pt.{a_finished_pid()}.c3d4.part",
+    }
+    for name, part in parts.items():
+        part.write_bytes(b"half a checkpoint")
+        if name.startswith("old"):
+            os.utime(part, (old, old))
+    write_atomically(target, b"a whole checkpoint")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["model.pt", parts["fresh, live writer"].name, parts["another file's"].name])
+
+
+def test_a_temporary_file_names_its_writer(tmp_path, monkeypatch):
+    seen = []
+    real_replace = os.replace
+
+    def replace(source, destination):
+        seen.append(os.path.basename(source))
+        real_replace(source, destination)
+
+    monkeypatch.setattr(files.os, "replace", replace)
+    write_atomically(tmp_path / "out.bin", b"data")
+    assert seen[0].startswith(f".out.bin.{os.getpid()}.") and seen[0].endswith(".part")
 
 
 @POSIX
@@ -115,9 +156,24 @@ def test_an_unreadable_torch_file_is_one_clear_line(tmp_path, content):
         load_torch(tmp_path / "missing.pt", "cpu", what="adapter", remedy="save it again")
 
 
+class CreatesAFile:
+    """A pickle that runs code when it is opened: unpickling it calls ``open(marker, "w")``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
 def test_a_file_that_would_run_code_is_refused(tmp_path):
-    """weights_only: a pickle of an arbitrary object is not loaded."""
+    """weights_only: a pickle that would run code (create a file) is refused, and the code does not run."""
     path = tmp_path / "evil.pt"
-    torch.save({"object": ValueError("code")}, path)
+    marker = tmp_path / "the code ran"
+    torch.save({"object": CreatesAFile(marker)}, path)
     with pytest.raises(ValueError, match="not a readable checkpoint"):
         load_torch(path, "cpu", what="checkpoint", remedy="train one")
+    assert not marker.exists()
+    # The file really runs code when loaded without weights_only: the test tests what its name says.
+    torch.load(path, weights_only=False)["object"].close()  # the handle open() returned
+    assert marker.exists()

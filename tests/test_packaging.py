@@ -7,8 +7,10 @@ the end keep every other mention of it equal: what the notebooks' set-up cell in
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,24 @@ def test_every_notebook_opens_in_colab_and_kaggle_from_the_readme_and_from_its_t
             )
             opened = set(re.findall(r"/blob/main/notebooks/(\w+\.ipynb)", text))
             assert opened == {path.name}, f"{place} opens {sorted(opened)} in Colab or Kaggle"
+
+
+def test_the_ds9_console_script_is_the_same_main_as_python_m_ds9_utils(monkeypatch, capsys):
+    from ds9_utils import __main__ as cli
+
+    target = project()["scripts"]["ds9"]
+    module, _, function = target.partition(":")
+    entry_point = importlib.metadata.EntryPoint(name="ds9", value=target, group="console_scripts")
+    assert (module, function) == ("ds9_utils.__main__", "main") and entry_point.load() is cli.main
+    monkeypatch.setattr(sys, "argv", [str(Path("bin") / "ds9"), "--help"])  # as the installed script starts
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    help_text = capsys.readouterr().out
+    assert exited.value.code == 0 and help_text.startswith("usage: ds9 ")
+    assert all(command in help_text for command in ("download", "corpus", "train", "generate"))
+
+
+def test_the_readme_shows_the_ds9_command_for_every_subcommand():
+    readme = (ROOT / "README.md").read_text()
+    for command in ("download", "corpus", "train", "generate"):
+        assert re.search(rf"^ds9 {command}\b", readme, flags=re.MULTILINE), f"the README shows no `ds9 {command}`"

@@ -13,10 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from servers import make_fault_server
 
 from ds9_utils.download import DownloadConfig
-from ds9_utils.settings import DEFAULT_BASE_URL, base_url, download_delay, quick_mode
+from ds9_utils.precision import should_compile
+from ds9_utils.settings import DEFAULT_BASE_URL, NO_WORDS, YES_WORDS, base_url, download_delay, quick_mode
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,7 +75,7 @@ def test_quick_mode_on(monkeypatch, value):
     assert quick_mode() is True
 
 
-@pytest.mark.parametrize("value", ["", "0", "false", "No", "OFF", "off", "n", "none", "None"])
+@pytest.mark.parametrize("value", ["", "0", "false", "No", "OFF", "off"])
 def test_quick_mode_off(monkeypatch, value):
     monkeypatch.setenv("DS9_QUICK", value)
     assert quick_mode() is False
@@ -84,13 +86,33 @@ def test_quick_mode_off_when_unset(monkeypatch):
     assert quick_mode() is False
 
 
-@pytest.mark.parametrize("value", ["maybe", "2", "y", "enabled", "quick"])
+@pytest.mark.parametrize("value", ["maybe", "2", "y", "n", "none", "enabled", "quick"])
 def test_quick_mode_refuses_what_is_not_a_clear_yes_or_no(monkeypatch, value):
     monkeypatch.setenv("DS9_QUICK", value)
     with pytest.raises(ValueError) as raised:
         quick_mode()
     message = str(raised.value)
     assert f"DS9_QUICK='{value}'" in message and "1, true, yes, on" in message and "0, false, no, off" in message
+
+
+@pytest.mark.parametrize("value", [*YES_WORDS, *NO_WORDS, " On ", "FALSE", "", "banana", "maybe", "n"])
+def test_ds9_quick_and_ds9_compile_understand_the_same_words_and_refuse_the_same_others(monkeypatch, value):
+    """One function reads every DS9_* switch: DS9_COMPILE=banana used to mean on while DS9_QUICK=maybe was refused."""
+    model = torch.nn.Linear(2, 2)
+    monkeypatch.setenv("DS9_QUICK", value)
+    monkeypatch.setenv("DS9_COMPILE", value)
+    word = value.strip().lower()
+    if word in YES_WORDS + NO_WORDS:
+        assert quick_mode() is should_compile("cpu", model, requested=False) is (word in YES_WORDS)
+    elif not word:
+        assert quick_mode() is False and should_compile("cpu", model, requested=True) is True  # unset: the default
+    else:
+        for name, read in (("DS9_QUICK", quick_mode), ("DS9_COMPILE", lambda: should_compile("cpu", model))):
+            with pytest.raises(ValueError) as raised:
+                read()
+            message = str(raised.value)
+            assert message.startswith(f"{name}={value!r} is not a yes or no") and "\n" not in message
+            assert "1, true, yes, on" in message and "0, false, no, off" in message
 
 
 def test_base_url_from_the_argument_the_environment_or_the_default(monkeypatch):

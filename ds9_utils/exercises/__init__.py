@@ -12,13 +12,16 @@ the reference on random inputs, with a known value, or with a shape, and say whi
 
 from __future__ import annotations
 
+import contextlib
 import html
 import importlib
 import inspect
 import pkgutil
 import re
+import signal
 import textwrap
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -99,14 +102,57 @@ def all_exercises() -> dict[str, Exercise]:
     return dict(sorted(_REGISTRY.items(), key=lambda item: tuple(int(part) for part in item[0].split("."))))
 
 
+CHECK_SECONDS = 60.0  # a check's time limit: the slowest reference answer takes about a second
+
+
+class _OutOfTime(BaseException):
+    """Raised into the learner's code when the check's time is up: a BaseException, so that a bare
+    ``except Exception`` in an answer's loop cannot swallow it."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise ``_OutOfTime`` in this thread after ``seconds``, where the platform allows it.
+
+    That is POSIX's interval timer, whose signal only the main thread receives (a notebook's cells run
+    there); in another thread, on Windows, or while someone else's timer runs (it is left alone), the check
+    runs without a limit.
+    """
+    if (
+        not hasattr(signal, "setitimer")
+        or threading.current_thread() is not threading.main_thread()
+        or signal.getitimer(signal.ITIMER_REAL) != (0.0, 0.0)
+    ):
+        yield
+        return
+
+    def out_of_time(signum: int, frame: Any) -> None:
+        raise _OutOfTime
+
+    previous = signal.signal(signal.SIGALRM, out_of_time)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def problems(exercise: Exercise, answer: Any) -> list[str]:
-    """What is wrong with ``answer``, as sentences; an unfinished or crashing answer is a problem, not an error."""
+    """What is wrong with ``answer``, as sentences; an unfinished, crashing or endless answer is a problem,
+    not an error (the check runs under ``CHECK_SECONDS``' time limit where the platform allows it)."""
     if answer is None or answer is Ellipsis:
         return ["there is no answer yet: write it in the cell above, run that cell, then run this check again"]
     if exercise.expects == "function" and not callable(answer):
         return [f"expected a function, got {type(answer).__name__}: pass the function itself, without calling it"]
     try:
-        return exercise.check(answer)
+        with _time_limit(CHECK_SECONDS):
+            return exercise.check(answer)
+    except _OutOfTime:
+        return [
+            f"your answer did not finish within {CHECK_SECONDS:g} s, so the check stopped it: look for a loop "
+            "that never ends"
+        ]
     except NotImplementedError:
         return ["your function is not written yet: replace `raise NotImplementedError` with your code"]
     except Exception as error:  # the learner's code can fail in any way; say how, never crash the notebook
@@ -177,15 +223,33 @@ def solution(exercise_id: str) -> SolutionView:
 # Small helpers the chapters' checks share: each returns None when all is well, else one specific sentence.
 
 
+def _plain_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """A float64 CPU copy of ``tensor`` as a plain ``torch.Tensor``, made without calling any of its methods.
+
+    A ``torch.Tensor`` subclass can override any method (``allclose``, ``detach``...) and intercept every
+    torch function through ``__torch_function__``; with that switched off, it is viewed as the base class
+    first, and only then copied.
+    """
+    with torch._C.DisableTorchFunctionSubclass():
+        plain = torch.Tensor.as_subclass(tensor, torch.Tensor)
+    if type(plain) is not torch.Tensor:
+        raise TypeError(f"a {type(tensor).__name__} could not be read as a plain tensor")
+    return plain.detach().to("cpu", torch.float64, copy=True)
+
+
 def close_problem(what: str, got: Any, expected: torch.Tensor, atol: float = 1e-5, rtol: float = 1e-4) -> str | None:
-    """Compare a tensor with the expected one: type, shape, then values (naming the worst element)."""
+    """Compare a tensor with the expected one: type, shape, then values (naming the worst element).
+
+    The answer is compared as a plain copy (``_plain_tensor``) by torch's own ``allclose``, never through
+    its methods, so a tensor subclass cannot answer for itself.
+    """
     if got is None:
         return f"{what} is None: did the function `return` its result?"
     if not isinstance(got, torch.Tensor):
         return f"{what} should be a tensor, got {type(got).__name__}"
-    if tuple(got.shape) != tuple(expected.shape):
-        return f"{what} has shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
-    got_values, expected_values = got.detach().double().cpu(), expected.detach().double().cpu()
+    got_values, expected_values = _plain_tensor(got), _plain_tensor(expected)
+    if tuple(got_values.shape) != tuple(expected_values.shape):
+        return f"{what} has shape {tuple(got_values.shape)}, expected {tuple(expected_values.shape)}"
     if torch.allclose(got_values, expected_values, atol=atol, rtol=rtol, equal_nan=True):
         return None
     gap = (got_values - expected_values).abs().nan_to_num(float("inf"))
@@ -207,10 +271,39 @@ def number_problem(what: str, got: Any, expected: float, rel: float = 1e-4, abs_
     return f"{what}: expected {expected:.6g}, got {got:.6g}"
 
 
+_PLAIN_KEYS = (str, int, float, bool, bytes, type(None))
+
+
+def _plain_key(key: Any) -> bool:
+    """A dict key or set element of a built-in type, whose ``==`` and ``hash`` no answer can have rewritten."""
+    return type(key) in _PLAIN_KEYS or (type(key) is tuple and all(_plain_key(part) for part in key))
+
+
+def _same(got: Any, expected: Any) -> bool:
+    """``got == expected``, judged with exact types all the way down: an object whose ``__eq__`` always says
+    yes is not the list, number or string expected, and no ``==`` of the answer's own is ever called."""
+    if type(got) is not type(expected):
+        return False
+    if isinstance(expected, (list, tuple)):
+        return len(got) == len(expected) and all(_same(g, e) for g, e in zip(got, expected))
+    if isinstance(expected, dict):
+        return (
+            all(_plain_key(key) for key in got)
+            and got.keys() == expected.keys()
+            and all(_same(got[key], value) for key, value in expected.items())
+        )
+    if isinstance(expected, (set, frozenset)):
+        return all(_plain_key(item) for item in got) and got == expected
+    return bool(expected == got)  # the same exact type as the expected value: its own ==, not the answer's
+
+
 def equal_problem(what: str, got: Any, expected: Any) -> str | None:
-    """Compare a plain value (a string, a list, a dict) with the expected one."""
-    if got == expected:
+    """Compare a plain value (a string, a number, a list, a dict) with the expected one: its exact type
+    first (a list is a list, an int is not a bool), then its value (``_same``)."""
+    if _same(got, expected):
         return None
     if got is None:
         return f"{what} is None: did the function `return` its result?"
+    if type(got) is not type(expected):
+        return f"{what} should be of type {type(expected).__name__}, got {type(got).__name__}"
     return f"{what}: expected {expected!r}, got {got!r}"
