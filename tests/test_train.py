@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import ds9_utils.train as training
-from ds9_utils.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
+from ds9_utils.checkpoints import CHECKSUM_KEY, Checkpoint, load_checkpoint, save_checkpoint
 from ds9_utils.model import GPT, GPTConfig
 from ds9_utils.optim import configure_optimizer
 from ds9_utils.plots import loss_curve_png
@@ -414,6 +414,7 @@ def test_a_checkpoint_from_before_the_modern_options_still_loads_and_resumes(tmp
         raw["model_config"].pop(option)  # what an older version wrote
     for option in ("schedule", "decay_share", "optimizer", "muon_lr", "muon_momentum"):
         raw["train_config"].pop(option)
+    raw.pop(CHECKSUM_KEY)  # older versions wrote none either
     torch.save(raw, path)
     assert load_checkpoint(path, device="cpu").model_config == tiny_model().config
     resumed = tiny_model(seed=3)
