@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -87,9 +89,23 @@ def test_ci_installs_torch_then_runs_the_readme_test_command():
 
 def test_the_set_up_cell_installs_the_repository_or_DS9_PACKAGE_SOURCE():
     set_up = set_up_cell(ROOT / "notebooks" / "00_introduction.ipynb")
-    assert 'os.environ.get("DS9_PACKAGE_SOURCE",' in set_up
+    assert 'os.environ.get("DS9_PACKAGE_SOURCE"' in set_up
     assert f'"ds9-utils @ git+{repository()}"' in set_up
     assert re.findall(r"git\+\S+", set_up) == [f'git+{repository()}")'], "the set-up cell names one repository"
+
+
+@pytest.mark.parametrize("source", [None, "", "  "])
+def test_an_unset_or_empty_ds9_package_source_installs_the_course_repository(source, monkeypatch):
+    """DS9_PACKAGE_SOURCE="" must not send pip an empty requirement (and the learner to switch the Internet on)."""
+    set_up = set_up_cell(ROOT / "notebooks" / "00_introduction.ipynb")
+    choice = re.search(r"^\s*(package = \(.*?\))$", set_up, re.M | re.S).group(1)
+    if source is None:
+        monkeypatch.delenv("DS9_PACKAGE_SOURCE", raising=False)
+    else:
+        monkeypatch.setenv("DS9_PACKAGE_SOURCE", source)
+    namespace = {"os": os}
+    exec(textwrap.dedent(choice), namespace)
+    assert namespace["package"] == f"ds9-utils @ git+{repository()}"
 
 
 def test_readme_links_every_notebook_and_names_the_repository_the_set_up_cell_installs():
