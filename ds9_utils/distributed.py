@@ -119,6 +119,7 @@ def process_group(device: str | None = None) -> Iterator[SingleProcess]:
     dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
     try:
         yield DataParallel(rank, world_size, device)
+        dist.barrier()  # every rank is done before any tears the group down (gloo can abort a rank otherwise)
     finally:
         dist.destroy_process_group()
 
