@@ -363,7 +363,7 @@ def bits_per_character(
     ``token_losses`` (see there for ``stride``: windows overlapping by half by default) divided by ``ln 2``.
     """
     losses = token_losses(model, tokens, block_size, device, stride=stride, batch_size=batch_size, progress=progress)
-    return losses.double().mean().item() / math.log(2)
+    return bits_per_char(losses.double().mean().item())
 
 
 def line_losses(text: str, losses: torch.Tensor | Sequence[float]) -> list[dict]:
@@ -394,7 +394,7 @@ def line_losses(text: str, losses: torch.Tensor | Sequence[float]) -> list[dict]
                     "kind": info.kind,
                     "speaker": info.speaker,
                     "characters": last - first,
-                    "bits": nats / (last - first) / math.log(2),
+                    "bits": bits_per_char(nats / (last - first)),
                 }
             )
         start = end
