@@ -237,10 +237,8 @@ class TrainingStep:
         optimizer: torch.optim.Optimizer,
         cfg: TrainConfig,
         device: torch.device,
-        parameters: list[torch.nn.Parameter],
     ):
         self.network, self.optimizer, self.cfg, self.device = network, optimizer, cfg, device
-        self.parameters = parameters  # what the gradient clip measures (the model's, not a wrapper's)
         self.compiled = precision.should_compile(device, network, cfg.compile)
         self.module = torch.compile(network) if self.compiled else network
         self.precision = precision.device_precision(device, cfg.autocast)
@@ -253,7 +251,8 @@ class TrainingStep:
         loss = self._forward_backward(x, y)
         if self.cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.parameters, self.cfg.grad_clip)
+            # a data-parallel wrapper's parameters are its model's: the same tensors, measured once
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.steps_taken += 1
@@ -357,7 +356,7 @@ def train(
         restore_rng_states(saved["rng"], generator)
 
     # The step calls the (possibly data-parallel) network; evaluation uses the model itself.
-    training_step = TrainingStep(parallel.wrap(model), optimizer, cfg, device, list(model.parameters()))
+    training_step = TrainingStep(parallel.wrap(model), optimizer, cfg, device)
     rows = parallel.rows(cfg.batch_size)
     plot = LiveLossPlot() if live_plot and parallel.is_main else None
     postfix: dict[str, str] = {}
