@@ -5,9 +5,10 @@ Notebook 14 follows the recipe that turned GPT-3 into ChatGPT (RLHF), at the sca
 1. Ask for preferences. The policy (the language model being tuned) writes two scenes for the same prompt and
    a judge says which is better: a person (``collect_preferences`` takes any judge) or, when nobody is at the
    keyboard, ``SceneRater``, a programmatic rater whose rules are written down below.
-2. Learn a reward model. ``RewardModel`` is the GPT body with a scalar head: it reads a whole scene and
-   returns one number. It is trained with the Bradley-Terry loss ``-log sigmoid(r_chosen - r_rejected)``
-   (``bradley_terry_loss``), so that the preferred scene of every pair scores higher.
+2. Learn a reward model. ``RewardModel`` is the GPT body with a scalar head: it reads a whole scene (the
+   mean of its hidden states) and returns one number. It is trained with the Bradley-Terry loss
+   ``-log sigmoid(r_chosen - r_rejected)`` (``bradley_terry_loss``), so that the preferred scene of every pair
+   scores higher.
 3. Optimise the policy against it. ``train_reinforce`` samples scenes, scores them with the reward model and
    pushes up the log-probability of the better-than-average ones (REINFORCE with a leave-one-out baseline),
    while a KL penalty ``beta * [log p_policy(scene) - log p_reference(scene)]`` keeps it near the starting
@@ -31,7 +32,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.nn import functional as F
 
-from .evaluate import scene_format_report, speaker_counts
+from .evaluate import SPEAKER_LINE, scene_format_report, speaker_counts
 from .generate import generate
 from .model import GPT
 from .progress import progress_bar
@@ -72,6 +73,9 @@ def known_speakers(text: str, min_lines: int = 20) -> set[str]:
 
 # ---------------------------------------------------------------------------------------------- the rater
 
+#: The fewest words a speaker line must say to count for the rater's ``says_something`` rule.
+MIN_WORDS = 2
+
 
 @dataclass(frozen=True)
 class Rating:
@@ -79,6 +83,7 @@ class Rating:
 
     well_formed: float
     known_speakers: float
+    says_something: float
     no_repetition: float
     requested_speaks: float | None = None  # None when no character was requested
 
@@ -87,6 +92,7 @@ class Rating:
         values = {
             "well_formed": self.well_formed,
             "known_speakers": self.known_speakers,
+            "says_something": self.says_something,
             "no_repetition": self.no_repetition,
             "requested_speaks": self.requested_speaks,
         }
@@ -111,6 +117,13 @@ def repeated_fraction(text: str, n: int = 3) -> float:
     return 1 - len(set(grams)) / len(grams) if grams else 0.0
 
 
+def spoken_texts(scene: str) -> list[str]:
+    """What each complete speaker line of ``scene`` says (the text after ``NAME:``); an unfinished last line is
+    left out, as the rater leaves it out."""
+    lines = scene.split("\n")[:-1]  # the part after the last newline is unfinished (or empty)
+    return [match.group("text") for line in lines if (match := SPEAKER_LINE.match(line.strip()))]
+
+
 class SceneRater:
     """A programmatic judge of generated scenes, for when nobody is at the keyboard to rate them.
 
@@ -119,6 +132,8 @@ class SceneRater:
     - ``well_formed``: the share of complete lines that are speaker lines, stage directions or scene headings
       (``ds9_utils.evaluate.classify_line``; an unfinished last line is left out). No complete line: 0.
     - ``known_speakers``: the share of speaker lines spoken by a known DS9 character. Nobody speaks: 0.
+    - ``says_something``: the share of speaker lines that say at least ``MIN_WORDS`` words. A real scene has
+      some one-word lines ("Yes.", "Nerys?"), a scene of nothing else says nothing. Nobody speaks: 0.
     - ``requested_speaks``: 1 if the requested character has a line, else 0 (only when one was requested).
     - ``no_repetition``: 1 minus the share of repeated word trigrams (``repeated_fraction``).
 
@@ -138,10 +153,11 @@ class SceneRater:
         """Rate one generated scene (the text after the prompt)."""
         report = scene_format_report(scene, self.known)
         has_lines = report["lines"] > 0
-        has_speakers = report["speaker"] > 0
+        said = spoken_texts(scene)
         return Rating(
             well_formed=report["well_formed_fraction"] if has_lines else 0.0,
-            known_speakers=report["known_speaker_fraction"] if has_speakers else 0.0,
+            known_speakers=report["known_speaker_fraction"] if said else 0.0,
+            says_something=sum(len(text.split()) >= MIN_WORDS for text in said) / len(said) if said else 0.0,
             no_repetition=1.0 - repeated_fraction(scene),
             requested_speaks=None if requested is None else float(requested in report["speakers"]),
         )
@@ -401,9 +417,12 @@ def bradley_terry_loss(chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tens
 class RewardModel(nn.Module):
     """The GPT body (a copy of the language model's weights) with a scalar head instead of the next-token one.
 
-    The head reads the final hidden state of a text's last token, which has attended to the whole text, and
-    returns one number: how good the text is. Texts longer than the model's context are scored on their last
-    ``block_size`` tokens.
+    The head reads the mean of the final hidden states of every token of the text and returns one number: how
+    good the text is. Why the mean and not the last token's state alone (as large reward models do): the
+    rater's rules are shares over a scene's lines (how many are well formed, how many speakers are known), and
+    a 4-layer, 128-wide model cannot pack a whole scene into one position's state; averaging over positions
+    lets the head add up what each position sees. Padding is left out of the mean. Texts longer than the
+    model's context are scored on their last ``block_size`` tokens.
     """
 
     def __init__(self, language_model: GPT):
@@ -428,8 +447,9 @@ class RewardModel(nn.Module):
         width = min(idx.size(1), self.block_size)
         starts = (lengths - width).clamp(min=0)  # crop long texts to their last block_size tokens
         idx = idx.gather(1, starts[:, None] + torch.arange(width, device=idx.device))
-        last = self.body.hidden_states(idx)[torch.arange(idx.size(0), device=idx.device), lengths - starts - 1]
-        return self.head(last).squeeze(-1)
+        real = (torch.arange(width, device=idx.device)[None, :] < (lengths - starts)[:, None]).unsqueeze(-1)
+        states = self.body.hidden_states(idx) * real  # (B, T, C), zero where a row is padding
+        return self.head(states.sum(1) / real.sum(1)).squeeze(-1)
 
     @torch.no_grad()
     def score(self, tokenizer: Tokenizer, prompts: Sequence[ScenePrompt], scenes: Sequence[str]) -> Tensor:

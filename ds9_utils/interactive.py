@@ -56,6 +56,29 @@ def _show(rendering, handle=None):
     return handle
 
 
+class _Controls:
+    """A box of widgets whose saved text form reads as their settings, not as the widgets' repr.
+
+    A notebook saves a widget with a ``text/plain`` fallback for renderers that cannot run widgets (GitHub, a
+    terminal, nbval). ipywidgets' own fallback is ``VBox(children=(FloatSlider(value=0.8, ...``; this one
+    names each control and its value, e.g. ``controls: temperature 0.8 · seed 0``."""
+
+    def __init__(self, box: Any):
+        self.box = box
+
+    def __repr__(self) -> str:
+        settings = []
+        for control in self.box.children:
+            value = getattr(control, "label", None) or control.value  # a drop-down shows its label
+            settings.append(f"{control.description} {value}")
+        return "controls (live in a running notebook with ipywidgets): " + " · ".join(settings)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        bundle = dict(self.box._repr_mimebundle_(**kwargs) or {})
+        bundle["text/plain"] = repr(self)
+        return bundle
+
+
 class Explorer:
     """A rendering of some values, shown at once, and (in a live notebook) controls that change the values.
 
@@ -90,7 +113,7 @@ class Explorer:
         if in_notebook():
             from IPython.display import display
 
-            display(ipywidgets.VBox(list(self.controls.values())))
+            display(_Controls(ipywidgets.VBox(list(self.controls.values()))))
 
     def _change(self, name: str, value: Any) -> None:
         self.values[name] = value

@@ -409,7 +409,9 @@ def train(
             )
         if plot is not None:
             plot.update(history)
-        postfix.update(val=f"{losses['val']:.3f}", bpc=f"{bits_per_char(losses['val']):.3f}")
+        # the step of the last evaluation beside its loss, so an early score is not read as the current one;
+        # "bits" per token, which are bits per character for the course's character models
+        postfix.update(val=f"{losses['val']:.3f} (step {step})", bits=f"{bits_per_char(losses['val']):.3f}")
         bar.set_postfix(postfix)
         metrics = {
             "train_loss": losses["train"],

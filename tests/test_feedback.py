@@ -59,7 +59,13 @@ def tiny_gpt(vocab_size: int, block_size: int = 8, seed: int = 0) -> GPT:
 def test_a_good_scene_passes_every_rule(rater):
     scene = "KIRA: Where is he?\nODO: In a holding cell.\n(Kira leaves)\nQUARK: Good riddance.\n"
     rating = rater.rate(scene, "KIRA")
-    assert rating.rules == {"well_formed": 1.0, "known_speakers": 1.0, "no_repetition": 1.0, "requested_speaks": 1.0}
+    assert rating.rules == {
+        "well_formed": 1.0,
+        "known_speakers": 1.0,
+        "says_something": 1.0,
+        "no_repetition": 1.0,
+        "requested_speaks": 1.0,
+    }
     assert rating.score == 1.0
 
 
@@ -69,6 +75,10 @@ def test_each_rule_catches_its_fault(rater):
     assert rating.well_formed == pytest.approx(3 / 4)
     # Two of three speaker lines by known characters.
     assert rater.rate("KIRA: Go.\nGRONK: Why?\nODO: Now.\n").known_speakers == pytest.approx(2 / 3)
+    # Of three speaker lines, two say a single word; the unfinished last line is not counted.
+    assert rater.rate("KIRA: Go.\nODO: Not yet, Major.\nQUARK: Why?\nSISKO: Becau").says_something == pytest.approx(
+        1 / 3
+    )
     # Sisko was asked for, but only Kira speaks.
     assert rater.rate("KIRA: Go.\n", "SISKO").requested_speaks == 0.0
     # Four words repeated: trigrams (KIRA: No. KIRA:) (No. KIRA: No.) recur; 6 trigrams, 2 distinct.
@@ -78,7 +88,7 @@ def test_each_rule_catches_its_fault(rater):
 
 def test_a_scene_without_lines_or_speakers_scores_zero_there(rater):
     rating = rater.rate("no newline at all")
-    assert rating.well_formed == 0.0 and rating.known_speakers == 0.0
+    assert rating.well_formed == 0.0 and rating.known_speakers == 0.0 and rating.says_something == 0.0
     assert rating.requested_speaks is None and "requested_speaks" not in rating.rules
     assert rater.rate("(Kira leaves)\n").known_speakers == 0.0
 
@@ -88,7 +98,7 @@ def test_the_judge_prefers_the_higher_score_and_shrugs_at_close_ones(rater):
     good, bad = "KIRA: Report.\nSISKO: Nothing yet.\n", "SISKO: Report.\nblah blah\n"
     assert rater.judge(prompt, good, bad) == 0
     assert rater.judge(prompt, bad, good) == 1
-    assert rater.judge(prompt, good, "KIRA: Fine.\nODO: Agreed.\n") is None
+    assert rater.judge(prompt, good, "KIRA: Fine.\nODO: Agreed, Major.\n") is None
 
 
 def test_preference_rate_counts_ties_as_half(rater):

@@ -142,4 +142,9 @@ def test_in_a_kernel_the_explorers_show_a_static_output_then_their_controls(tmp_
         first, controls = (output.data for output in outputs)
         assert static in first, "the static rendering comes first, for GitHub and nbval"
         assert "application/vnd.jupyter.widget-view+json" in controls, "then the live controls"
+        # saved for renderers without widgets (GitHub, nbval): the settings in words, not VBox(children=(...
+        assert controls["text/plain"].startswith("controls (live in a running notebook"), controls["text/plain"]
+        assert "VBox" not in controls["text/plain"]
+    assert "temperature 0.8 · top-k (0: off) 0" in notebook.cells[1].outputs[1].data["text/plain"]
+    assert "head layer 1 · head 0" in notebook.cells[2].outputs[1].data["text/plain"]
     assert notebook.cells[1].outputs[0].data["text/plain"].startswith("temperature 0.8 · top-k off · top-p off")

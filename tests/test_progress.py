@@ -75,6 +75,8 @@ def test_training_in_a_notebook_leaves_a_finished_bar(tmp_path):
     )
     (bar,) = [text for text in texts(cell) if text.startswith("training")]
     assert "100%" in bar and "12/12" in bar and "val=" in bar, bar
+    assert "(step 12)" in bar, "the validation loss names the step it was measured at: " + bar
+    assert "bpc=" not in bar and "bits=" in bar, "bits per token, not per character (BPE models use this bar too)"
 
 
 def test_disabled_bars_show_nothing_in_a_notebook():

@@ -62,6 +62,7 @@ def one_rule_variants() -> dict[str, str]:
     return {
         "well_formed": GOOD_SCENE.replace("ODO: In a holding cell.", "odo in a holding cell"),
         "known_speakers": GOOD_SCENE.replace("ODO:", "ZORBLAX:"),
+        "says_something": GOOD_SCENE.replace("ODO: In a holding cell.", "ODO: Cells."),
         "requested_speaks": GOOD_SCENE.replace("KIRA: Where is he?", "QUARK: Where is he?"),
         "no_repetition": GOOD_SCENE + "KIRA: Where is he?\nODO: In a holding cell.\n",
     }
@@ -105,7 +106,7 @@ register(
         check=_check_one_rule_variants,
         solution=one_rule_variants,
         expects="value",
-        verified="four variants of the good scene, each breaking its own rule and no other",
+        verified="five variants of the good scene, each breaking its own rule and no other",
     )
 )
 
