@@ -35,11 +35,49 @@ _mirror_server = None
 _data_dir = None
 
 
+def cpu_cores() -> int:
+    """The cores this process may run on (a container's share, not the machine's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+MAX_WORKERS = 4  # each worker downloads the transcripts and trains its own quick course model once
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """With pytest-xdist installed, a plain ``pytest`` runs on every core (at most ``MAX_WORKERS``), one file per
+    worker at a time: a notebook's cells must all run in one kernel, and a module's fixtures are built once.
+
+    Set here rather than in pyproject's addopts, so the suite still runs without xdist (as without nbval);
+    ``-n 0`` or ``-p no:xdist`` runs everything in one process, and an explicit ``-n``/``--dist`` is kept.
+    """
+    if not config.pluginmanager.hasplugin("xdist") or config.option.numprocesses is not None:
+        return
+    if config.option.dist != "no" or config.option.tx:
+        return
+    if hasattr(config, "workerinput") or "PYTEST_XDIST_WORKER" in os.environ:
+        return  # a worker (this hook runs its session), or a pytest that a test started inside one: no more workers
+    workers = min(cpu_cores(), MAX_WORKERS)
+    if workers > 1:
+        config.option.numprocesses = workers
+        config.option.dist = "loadfile"
+        config.option.loadscopereorder = False  # keep our order (pytest_collection_modifyitems): slow files first
+
+
 def pytest_configure(config: pytest.Config) -> None:
     global _mirror_server, _data_dir
     if config.pluginmanager.hasplugin("nbval") and not (config.option.nbval or config.option.nbval_lax):
         config.option.nbval_lax = True  # a plain `pytest` runs the notebooks too (pyproject's addopts cannot:
         config.option.nbval_cell_timeout = 900  # without nbval installed, its flags there would be an error)
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:  # an xdist worker: the cores are shared between the workers, so torch (here, in
+        # the CLI subprocesses and in the notebooks' kernels, which inherit the variable) takes its share only
+        threads = str(max(1, cpu_cores() // int(workerinput["workercount"])))
+        os.environ.setdefault("OMP_NUM_THREADS", threads)
+        if "torch" in sys.modules:  # imported already: the variable came too late for it
+            sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     os.environ["DS9_QUICK"] = "1"
     os.environ["MPLBACKEND"] = "agg"
     _data_dir = tempfile.mkdtemp(prefix="ds9-test-data-")
@@ -53,7 +91,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Without the mirror, the notebooks (each starts by fetching the transcripts) are skipped."""
+    """Under xdist, the notebooks go first; without the mirror, they are skipped (each starts by fetching the
+    transcripts)."""
+    if hasattr(config, "workerinput"):
+        # The workers take files in this order (every worker collects the same order). The notebooks, each a
+        # kernel that trains models for tens of seconds, go first, so the short test files fill in at the end
+        # instead of one long notebook running alone; among themselves they keep their order, so chapter 09
+        # trains the course model before the chapters that load it ask for it.
+        items.sort(key=lambda item: not item.nodeid.startswith("notebooks/"))
     if HAVE_MIRROR:
         return
     notebooks = PROJECT_ROOT / "notebooks"

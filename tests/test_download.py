@@ -338,7 +338,7 @@ def test_without_the_mirror_the_tests_and_notebooks_that_need_it_are_skipped_off
         "notebooks/02_getting_the_data.ipynb",
     ]
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "network_guard", "-rs", "-q", *selection],
+        [sys.executable, "-m", "pytest", "-p", "no:xdist", "-p", "network_guard", "-rs", "-q", *selection],
         capture_output=True, text=True, timeout=300, env=env, cwd=PROJECT_ROOT,
     )  # fmt: skip
     summary = result.stdout.strip().splitlines()[-1]
