@@ -268,3 +268,34 @@ class NGramModel:
                 token = int(torch.multinomial(torch.from_numpy(probs), 1, generator=generator))
             out.append(token)
         return out
+
+
+# ---------------------------------------------------------------------------------------------- the yardstick
+
+#: The counting models every trained model of the course is measured against: each order from 1 to 8, with
+#: Witten-Bell backoff (the best smoothing of chapter 04). Past 8 characters of context they only get worse.
+COUNTING_ORDERS = tuple(range(1, 9))
+
+
+def counting_baselines(
+    train_tokens: Any, texts: dict[str, Any], vocab_size: int, orders: Sequence[int] = COUNTING_ORDERS
+) -> dict[int, dict[str, float]]:
+    """Bits per token of the backoff counting model of each order on each text: ``{n: {text name: bits}}``.
+
+    The course's one yardstick. Chapters 04, 05, 11 and 12 call it on the training split and the *whole*
+    validation (and test) split, so "the best counting model" is the same model and the same number wherever
+    it is quoted. Fitting the largest order counts every lower one too (``lower_order``), so this is one fit.
+    """
+    if not orders:
+        raise ValueError("counting_baselines needs at least one order, e.g. COUNTING_ORDERS")
+    largest = NGramModel(max(orders), vocab_size, smoothing="backoff").fit(train_tokens)
+    return {
+        n: {name: largest.lower_order(n).loss(tokens) / math.log(2) for name, tokens in texts.items()} for n in orders
+    }
+
+
+def best_counting_order(baselines: dict[int, dict[str, float]], text: str = "val") -> int:
+    """The order whose counting model scores lowest on ``text``: chosen on validation, then quoted on test."""
+    if not baselines or text not in next(iter(baselines.values())):
+        raise ValueError(f"best_counting_order needs baselines measured on {text!r}; see counting_baselines")
+    return min(baselines, key=lambda n: baselines[n][text])

@@ -144,3 +144,25 @@ def test_errors_say_what_to_do():
         NGramModel(2, V).fit([0, 1, V])
     with pytest.raises(ValueError, match="empty"):
         NGramModel(2, V).fit([])
+
+
+def test_counting_baselines_are_each_order_fitted_alone_and_the_best_is_chosen_on_validation():
+    from ds9_utils.ngram import COUNTING_ORDERS, best_counting_order, counting_baselines
+
+    rng = np.random.default_rng(0)
+    # a text with structure up to three tokens back, so that the orders differ
+    train = rng.integers(0, 5, 3000)
+    train[3:] = np.where(rng.random(2997) < 0.7, (train[:-3] + 1) % 5, train[3:])
+    val, test = train[:400].copy(), train[400:800].copy()
+    baselines = counting_baselines(train, {"val": val, "test": test}, 5, orders=(1, 2, 4))
+    assert list(baselines) == [1, 2, 4]
+    for n in (1, 2, 4):
+        alone = NGramModel(n, 5, smoothing="backoff").fit(train)
+        assert baselines[n]["val"] == pytest.approx(alone.loss(val) / math.log(2))
+        assert baselines[n]["test"] == pytest.approx(alone.loss(test) / math.log(2))
+    assert best_counting_order(baselines) == min((1, 2, 4), key=lambda n: baselines[n]["val"]) == 4
+    assert COUNTING_ORDERS == tuple(range(1, 9))
+    with pytest.raises(ValueError, match="measured on 'train'"):
+        best_counting_order(baselines, "train")
+    with pytest.raises(ValueError, match="at least one order"):
+        counting_baselines(train, {"val": val}, 5, orders=())
