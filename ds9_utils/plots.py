@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from .evaluate import bits_per_char
-from .settings import in_notebook
+from .settings import FIGURE_DPI, in_notebook
 
 #: How invisible characters are drawn on the axes.
 VISIBLE = {"\n": "⏎", " ": "·", "\t": "→", "\r": "␍"}
@@ -252,7 +252,7 @@ def loss_curve_png(history: dict[str, list]) -> bytes:
     axes.legend()
     figure.tight_layout()
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
+    figure.savefig(buffer, format="png", dpi=FIGURE_DPI)
     return buffer.getvalue()
 
 

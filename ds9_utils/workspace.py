@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .download import DownloadConfig, DownloadError, download_transcripts
-from .settings import PROJECT_ROOT, base_url, choose_device, data_dir, pages_dir, quick_mode
+from .settings import FIGURE_DPI, PROJECT_ROOT, base_url, choose_device, data_dir, pages_dir, quick_mode
 from .settings import corpus_dir as corpus_dir_of
 
 CORPUS_FILES = ("corpus.txt", "train.txt", "val.txt", "test.txt", "split.json", "episodes.jsonl")
@@ -115,8 +115,10 @@ def setup_notebook(seed: int = 1337, *, progress: bool = True) -> Workspace:
     Printing the workspace says where the data is, what was downloaded and built (and in how long), the
     device and the mode.
     """
+    import matplotlib.pyplot as plt  # activates the notebook's plotting backend first, so the setting below stays
     import torch
 
+    plt.rcParams["figure.dpi"] = FIGURE_DPI
     torch.manual_seed(seed)
     data = data_dir()
     corpus_dir, prepared = _prepare_corpus(data, progress)

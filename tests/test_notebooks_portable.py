@@ -103,6 +103,9 @@ def test_the_set_up_output_shows_paths_a_reader_can_use(tmp_path, monkeypatch):
     monkeypatch.chdir(work)
     monkeypatch.setenv("DS9_DATA_DIR", str(work / "data"))
     workspace = setup_notebook(progress=False)
+    import matplotlib.pyplot as plt
+
+    assert plt.rcParams["figure.dpi"] == 150, "figures sharp enough for GitHub's page width"
     assert workspace.corpus_dir == (work / "data" / "corpus").resolve()
     assert str(workspace).splitlines()[:2] == ["data folder: data/", "corpus:      found in data/corpus/ (cached)"]
 
