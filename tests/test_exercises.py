@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -40,6 +41,8 @@ def perturbed(value):
         return value + 1
     if isinstance(value, torch.Tensor):
         return ~value if value.dtype == torch.bool else value + 1
+    if isinstance(value, np.ndarray):
+        return value + 1
     if isinstance(value, str):
         return value + "?"
     if isinstance(value, (list, tuple)):
@@ -191,7 +194,7 @@ def test_the_exercise_cells_run_on_their_own_and_call_the_starters_not_yet(noteb
                 exec(compile(cell.source, f"{notebook.name} cell {cell.get('id')}", "exec"), namespace)
     lines = output.getvalue().splitlines()
     ids = [exercise_id for cell in section for exercise_id in CHECK_CALL.findall(cell.source)]
-    assert len(ids) == 3
+    assert len(ids) >= 3
     assert [line.split(":")[0] for line in lines] == ["❌ not yet"] * len(ids)
 
 
@@ -318,3 +321,64 @@ def test_a_timer_already_running_is_left_alone():
         assert right and 90 < signal.getitimer(signal.ITIMER_REAL)[0] <= 100
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def test_the_batch_exercise_names_the_typical_mistakes():
+    from ds9_utils.exercises import ch05
+
+    assert "targets y are the inputs x" in _verdict("05.4", ch05._batch_without_shift)
+    assert "torch.randint(len(data) - block_size" in _verdict("05.4", ch05._batch_short_of_the_end)
+    swapped = _verdict(
+        "05.4", lambda data, block_size, batch_size, g: ch05.get_batch(data, block_size, batch_size, g)[::-1]
+    )
+    assert "is off at index" in swapped
+
+
+def test_the_top_p_exercise_names_the_typical_mistakes():
+    from ds9_utils.exercises import ch10
+
+    assert "keep the token that crosses it too" in _verdict("10.4", ch10._top_p_short)
+    assert "did not divide by what is left" in _verdict("10.4", ch10._top_p_unnormalised)
+    assert "is off at index" in _verdict("10.4", lambda probs, top_p: probs)
+
+
+def test_the_backoff_exercise_names_the_typical_mistakes():
+    from ds9_utils.exercises import ch04
+
+    assert "the number of *different* tokens" in _verdict("04.4", ch04._witten_bell_all_counts)
+    assert "mix in the shorter context" in _verdict("04.4", ch04._witten_bell_no_lower)
+    assert "is off at index" in _verdict("04.4", lambda counts, lower: lower)
+
+
+def test_the_lora_exercise_names_the_typical_mistakes():
+    from ds9_utils.exercises import ch13
+
+    assert "without its scale" in _verdict("13.4", ch13._lora_unscaled)
+    assert "the scale is alpha / rank" in _verdict("13.4", ch13._lora_scaled_by_alpha)
+    assert "is off at index" in _verdict("13.4", lambda x, weight, lora_A, lora_B, alpha: x @ weight.T)
+
+
+def test_the_dpo_loss_exercise_names_the_typical_mistakes():
+    import torch
+
+    from ds9_utils.exercises import ch14
+
+    assert "wrong way round" in _verdict("14.4", ch14._dpo_swapped)
+    assert "you left out beta" in _verdict("14.4", ch14._dpo_without_beta)
+
+    def naive(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta):
+        margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
+        return -torch.log(torch.sigmoid(beta * margin)).mean()
+
+    assert "use F.logsigmoid" in _verdict("14.4", naive)
+
+
+def test_the_kv_cache_exercise_names_the_typical_mistakes():
+    import torch
+
+    from ds9_utils.exercises import ch10
+
+    assert "a position sees itself too" in _verdict("10.5", ch10._step_without_itself)
+    assert "not divided by sqrt(d)" in _verdict("10.5", ch10._step_unscaled)
+    assert "the key cache after every step" in _verdict("10.5", lambda q, k, v, kc, vc: (torch.zeros_like(q), kc, vc))
+    assert "should return (out, k_cache, v_cache)" in _verdict("10.5", lambda q, k, v, kc, vc: None)

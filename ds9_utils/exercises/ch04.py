@@ -1,12 +1,14 @@
-"""Chapter 04's exercises: where in a word context helps, whether more text moves the wall, mixing two models."""
+"""Chapter 04's exercises: where in a word context helps, whether more text moves the wall, mixing two models,
+one step of Witten-Bell backoff."""
 
 from __future__ import annotations
 
 import random
 
 import numpy as np
+import torch
 
-from ds9_utils.exercises import Exercise, equal_problem, number_problem, register
+from ds9_utils.exercises import Exercise, close_problem, equal_problem, number_problem, register
 from ds9_utils.ngram import NGramModel
 
 
@@ -111,5 +113,78 @@ register(
         check=_check_mixture_loss,
         solution=mixture_loss,
         verified="gives the loss in nats of the mixture for a known pair of models and for random ones",
+    )
+)
+
+
+def witten_bell(counts: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    # counts[c]: how often c followed this context in training; lower: the shorter context's distribution.
+    total = counts.sum()
+    if total == 0:
+        return lower.copy()  # a context never seen: all of the shorter context's estimate
+    types = np.count_nonzero(counts)  # T(h): how many different tokens followed it
+    return (counts + types * lower) / (total + types)
+
+
+def _witten_bell_all_counts(counts, lower):
+    """A typical mistake: weighting the shorter context by the number of times the context was seen."""
+    total = counts.sum()
+    return lower.copy() if total == 0 else (counts + total * lower) / (2 * total)
+
+
+def _witten_bell_no_lower(counts, lower):
+    """A typical mistake: the counts alone, so a token never seen after this context gets probability 0."""
+    total = counts.sum()
+    return lower.copy() if total == 0 else counts / total
+
+
+def _backoff_cases():
+    """(what, counts after a context, the shorter context's distribution, what NGramModel says) on a small text."""
+    text = np.array([0, 1, 2, 0, 1, 3, 0, 1, 2, 2, 4, 0, 3, 1, 2, 0, 1, 4, 4, 2])
+    vocab = 6  # token 5 never occurs
+    model = NGramModel(2, vocab, smoothing="backoff").fit(text)
+    unigram = model.lower_order(1).next_token_probs([])
+    cases = []
+    for h in (0, 1, 2, 5):
+        counts = np.bincount(text[1:][text[:-1] == h], minlength=vocab).astype(float)
+        cases.append(
+            (f"the context {h} (seen {int(counts.sum())} times)", counts, unigram, model.next_token_probs([h]))
+        )
+    return cases
+
+
+def _check_witten_bell(answer) -> list[str]:
+    for what, counts, lower, expected in _backoff_cases():
+        got = answer(counts.copy(), lower.copy())
+        got_tensor = torch.as_tensor(np.asarray(got, dtype=float)) if got is not None else None
+        problem = close_problem(f"witten_bell for {what}", got_tensor, torch.as_tensor(expected))
+        if problem is None:
+            continue
+        for mistake, hint in (
+            (
+                _witten_bell_all_counts,
+                "you weighted the shorter context by how often the context was seen; Witten-Bell weights it by "
+                "T(h), the number of *different* tokens that followed it (np.count_nonzero(counts))",
+            ),
+            (
+                _witten_bell_no_lower,
+                "you used the counts alone: mix in the shorter context, (counts + T * lower) / (total + T), so "
+                "that a token never seen after this context keeps some probability",
+            ),
+        ):
+            if got_tensor is not None and got_tensor.shape == (len(counts),):
+                if np.allclose(np.asarray(got, dtype=float), mistake(counts, lower)):
+                    return [f"{hint} ({problem})"]
+        return [problem]
+    return []
+
+
+register(
+    Exercise(
+        id="04.4",
+        title="One step of backoff",
+        check=_check_witten_bell,
+        solution=witten_bell,
+        verified="the same distribution as NGramModel(2, ..., smoothing='backoff') after seen and unseen contexts",
     )
 )

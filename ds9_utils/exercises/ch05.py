@@ -1,4 +1,5 @@
-"""Chapter 05's exercises: a test that catches a head seeing the future, the scaled softmax, attention by distance."""
+"""Chapter 05's exercises: a test that catches a head seeing the future, the scaled softmax, attention by distance,
+the batches of training windows."""
 
 from __future__ import annotations
 
@@ -147,5 +148,70 @@ register(
         check=_check_weight_by_distance,
         solution=weight_by_distance,
         verified="averages each diagonal of random causal maps, and finds a head that always looks 2 back",
+    )
+)
+
+
+def get_batch(data: torch.Tensor, block_size: int, batch_size: int, generator: torch.Generator):
+    # One random start per row, drawn so that a whole window and its next character fit in the text.
+    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
+    x = torch.stack([data[i : i + block_size] for i in starts.tolist()])
+    y = torch.stack([data[i + 1 : i + 1 + block_size] for i in starts.tolist()])  # each target: the next character
+    return x, y
+
+
+def _batch_without_shift(data, block_size, batch_size, generator):
+    """A typical mistake: the targets are the inputs themselves, not the characters that follow them."""
+    x, _ = get_batch(data, block_size, batch_size, generator)
+    return x, x.clone()
+
+
+def _batch_short_of_the_end(data, block_size, batch_size, generator):
+    """A typical mistake: starts drawn from one fewer place, so the last window of the text is never used."""
+    starts = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator).tolist()
+    x = torch.stack([data[i : i + block_size] for i in starts])
+    return x, torch.stack([data[i + 1 : i + 1 + block_size] for i in starts])
+
+
+def _check_get_batch(answer) -> list[str]:
+    from ds9_utils.train import get_batch as library_get_batch
+
+    data = torch.arange(100, 140)  # every token its own number: a window shows where it starts
+    for block_size, batch_size, seed in ((8, 4, 0), (5, 16, 1), (39, 3, 2)):
+        what = f"get_batch(data of 40 tokens, block_size={block_size}, batch_size={batch_size})"
+        expected = library_get_batch(data, block_size, batch_size, torch.Generator().manual_seed(seed))
+        got = answer(data, block_size, batch_size, torch.Generator().manual_seed(seed))
+        if not (isinstance(got, tuple) and len(got) == 2):
+            return [f"{what} should return a pair (x, y), got {type(got).__name__}"]
+        for mistake, hint in (
+            (_batch_without_shift, "your targets y are the inputs x: each target is the character *after* its input"),
+            (
+                _batch_short_of_the_end,
+                "your windows start at 0 to len(data) - block_size - 2: draw starts with "
+                "torch.randint(len(data) - block_size, ...), so the last window of the text can be drawn too",
+            ),
+        ):
+            try:
+                wrong = mistake(data, block_size, batch_size, torch.Generator().manual_seed(seed))
+            except RuntimeError:  # the short range is empty when a window fills the whole text
+                continue
+            if all(isinstance(t, torch.Tensor) for t in got) and all(
+                a.shape == b.shape and torch.equal(a, b) for a, b in zip(got, wrong)
+            ):
+                if not all(torch.equal(a, b) for a, b in zip(got, expected)):
+                    return [hint]
+        for name, mine, theirs in zip(("x", "y"), got, expected):
+            if problem := close_problem(f"{what}: {name}", mine, theirs, atol=0, rtol=0):
+                return [problem]
+    return []
+
+
+register(
+    Exercise(
+        id="05.4",
+        title="Build the batches",
+        check=_check_get_batch,
+        solution=get_batch,
+        verified="the same windows and targets as ds9_utils.train.get_batch for the same seed, up to the last window",
     )
 )

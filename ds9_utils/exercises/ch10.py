@@ -1,4 +1,5 @@
-"""Chapter 10's exercises: min-p sampling, sampling in batches, the period of a greedy loop."""
+"""Chapter 10's exercises: min-p sampling, sampling in batches, the period of a greedy loop, top-p (nucleus)
+filtering, one step of attention with a KV cache."""
 
 from __future__ import annotations
 
@@ -129,5 +130,143 @@ register(
         check=_check_shortest_period,
         solution=shortest_period,
         verified="finds the shortest period of the text's end, and None when there is none up to the window",
+    )
+)
+
+
+def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    # Sort each row, most likely first; keep a token while the mass *before* it is still below top_p.
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    keep_sorted = mass_before < top_p  # the first token is always kept: nothing comes before it
+    keep = keep_sorted.scatter(-1, order, keep_sorted)  # back to the vocabulary's order
+    kept = torch.where(keep, probs, torch.zeros_like(probs))
+    return kept / kept.sum(dim=-1, keepdim=True)
+
+
+def _top_p_short(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """A typical mistake: keeping the tokens whose running total is below top_p, which drops the one that
+    crosses it (and, when the top token alone passes top_p, drops everything)."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    keep_sorted = sorted_probs.cumsum(dim=-1) < top_p
+    keep = keep_sorted.scatter(-1, order, keep_sorted)
+    kept = torch.where(keep, probs, torch.zeros_like(probs))
+    return kept / kept.sum(dim=-1, keepdim=True).clamp_min(1e-30)
+
+
+def _top_p_unnormalised(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """A typical mistake: zeroing the tail but not renormalising, so the row no longer sums to 1."""
+    filtered = top_p_filter(probs, top_p)
+    return filtered * torch.where(filtered > 0, probs, torch.zeros_like(probs)).sum(dim=-1, keepdim=True)
+
+
+def _check_top_p_filter(answer) -> list[str]:
+    from ds9_utils.generate import next_token_distribution
+
+    generator = torch.Generator().manual_seed(3)
+    peaked = 3 * torch.randn(65, generator=generator)  # one row of logits, like a new line
+    batch = torch.randn(4, 65, generator=generator)  # several rows at once, each with its own nucleus
+    for what, logits, top_p in [
+        ("a peaked distribution, top_p=0.9", peaked, 0.9),
+        ("a peaked distribution, top_p=0.05 (the top token alone already passes it)", peaked, 0.05),
+        ("a batch of 4 rows, top_p=0.5", batch, 0.5),
+        ("a batch of 4 rows, top_p=1.0 (keeps everything)", batch, 1.0),
+    ]:
+        probs = torch.softmax(logits, dim=-1)
+        expected = next_token_distribution(logits, top_p=top_p) if top_p < 1 else probs
+        got = answer(probs.clone(), top_p)
+        problem = close_problem(f"top_p_filter on {what}", got, expected)
+        if problem is None:
+            continue
+        for mistake, hint in (
+            (
+                _top_p_short,
+                "you kept the tokens whose running total stays below top_p; keep the token that crosses it too "
+                "(the smallest set whose mass *reaches* top_p), so at least one token always remains",
+            ),
+            (_top_p_unnormalised, "you zeroed the tail but did not divide by what is left: each row must sum to 1"),
+        ):
+            if isinstance(got, torch.Tensor) and got.shape == expected.shape:
+                if torch.allclose(got.detach().double().nan_to_num(), mistake(probs, top_p).double().nan_to_num()):
+                    return [f"{hint} ({problem})"]
+        return [problem]
+    return []
+
+
+register(
+    Exercise(
+        id="10.4",
+        title="Top-p, by hand",
+        check=_check_top_p_filter,
+        solution=top_p_filter,
+        verified="the same nucleus as ds9_utils.generate.next_token_distribution(top_p=...), row by row, renormalised",
+    )
+)
+
+
+def cached_attention_step(q, k, v, k_cache, v_cache):
+    # q, k, v: (B, heads, 1, d) for the new position; the caches: (B, heads, t, d) for the positions before it.
+    k_cache = torch.cat([k_cache, k], dim=-2)  # the new position is in the past of its own query too
+    v_cache = torch.cat([v_cache, v], dim=-2)
+    scores = q @ k_cache.transpose(-2, -1) / k.size(-1) ** 0.5  # (B, heads, 1, t + 1): no mask, all is past
+    return torch.softmax(scores, dim=-1) @ v_cache, k_cache, v_cache
+
+
+def _step_without_itself(q, k, v, k_cache, v_cache):
+    """A typical mistake: attending over the cache before adding the new key and value."""
+    if k_cache.size(-2) == 0:
+        return torch.zeros_like(v), torch.cat([k_cache, k], -2), torch.cat([v_cache, v], -2)
+    out = torch.softmax(q @ k_cache.transpose(-2, -1) / k.size(-1) ** 0.5, dim=-1) @ v_cache
+    return out, torch.cat([k_cache, k], dim=-2), torch.cat([v_cache, v], dim=-2)
+
+
+def _step_unscaled(q, k, v, k_cache, v_cache):
+    """A typical mistake: the scores without the 1 / sqrt(d) of chapter 05."""
+    k_cache, v_cache = torch.cat([k_cache, k], dim=-2), torch.cat([v_cache, v], dim=-2)
+    return torch.softmax(q @ k_cache.transpose(-2, -1), dim=-1) @ v_cache, k_cache, v_cache
+
+
+def _run_cached(step, q, k, v):
+    """Feed the positions one at a time through ``step``; the outputs stacked, (B, heads, T, d)."""
+    k_cache, v_cache = k[..., :0, :], v[..., :0, :]
+    outputs = []
+    for t in range(q.size(-2)):
+        out, k_cache, v_cache = step(q[..., t : t + 1, :], k[..., t : t + 1, :], v[..., t : t + 1, :], k_cache, v_cache)
+        outputs.append(out)
+    return torch.cat(outputs, dim=-2), k_cache
+
+
+def _check_cached_attention_step(answer) -> list[str]:
+    generator = torch.Generator().manual_seed(10)
+    for B, heads, T, d in ((1, 1, 5, 4), (2, 4, 9, 8)):
+        q, k, v = (torch.randn(B, heads, T, d, generator=generator) * 2 for _ in range(3))
+        what = f"the outputs of {T} cached steps, one position at a time (B={B}, heads={heads}, d={d})"
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        try:
+            got, k_cache = _run_cached(answer, q, k, v)
+        except (TypeError, ValueError) as error:
+            return [f"cached_attention_step should return (out, k_cache, v_cache): {error}"]
+        if problem := close_problem("the key cache after every step", k_cache, k):
+            return [problem]
+        problem = close_problem(what, got, expected)
+        if problem is None:
+            continue
+        for mistake, hint in (
+            (_step_without_itself, "you attended before adding the new key and value: a position sees itself too"),
+            (_step_unscaled, "your scores are not divided by sqrt(d), the size of a key"),
+        ):
+            if got.shape == expected.shape and torch.allclose(got, _run_cached(mistake, q, k, v)[0], atol=1e-5):
+                return [f"{hint} ({problem})"]
+        return [problem]
+    return []
+
+
+register(
+    Exercise(
+        id="10.5",
+        title="One step with a KV cache",
+        check=_check_cached_attention_step,
+        solution=cached_attention_step,
+        verified="position by position, the same outputs as causal attention over the whole sequence at once",
     )
 )

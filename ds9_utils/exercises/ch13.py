@@ -1,4 +1,5 @@
-"""Chapter 13's exercises: the rank budget of LoRA, one base model with several adapters, undoing a merge."""
+"""Chapter 13's exercises: the rank budget of LoRA, one base model with several adapters, undoing a merge, a LoRA
+layer's forward pass."""
 
 from __future__ import annotations
 
@@ -161,5 +162,64 @@ register(
         solution=unmerge,
         verified="subtracts (alpha / r) B A and gets the base weight back, up to float32 rounding",
         demo=_undo_merge_demo,
+    )
+)
+
+
+def lora_forward(x: torch.Tensor, weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, alpha: float):
+    # The frozen layer, plus the low-rank correction scaled by alpha / rank (rank: the rows of A).
+    rank = lora_A.size(0)
+    return x @ weight.T + (alpha / rank) * (x @ lora_A.T) @ lora_B.T
+
+
+def _lora_unscaled(x, weight, lora_A, lora_B, alpha):
+    """A typical mistake: adding the correction without its scale alpha / rank."""
+    return x @ weight.T + (x @ lora_A.T) @ lora_B.T
+
+
+def _lora_scaled_by_alpha(x, weight, lora_A, lora_B, alpha):
+    """A typical mistake: scaling by alpha alone, not alpha / rank."""
+    return x @ weight.T + alpha * (x @ lora_A.T) @ lora_B.T
+
+
+def _check_lora_forward(answer) -> list[str]:
+    generator = torch.Generator().manual_seed(13)
+    for shape, (out_features, in_features), rank, alpha in (
+        ((4, 16), (24, 16), 2, 4.0),
+        ((2, 5, 32), (32, 32), 8, 16.0),
+        ((3, 8), (6, 8), 4, 1.0),
+    ):
+        layer = LoRALinear(torch.nn.Linear(in_features, out_features, bias=False), rank, alpha)
+        with torch.no_grad():
+            layer.base.weight.copy_(torch.randn(out_features, in_features, generator=generator))
+            layer.lora_A.copy_(torch.randn(rank, in_features, generator=generator) / in_features**0.5)
+            layer.lora_B.copy_(torch.randn(out_features, rank, generator=generator))  # as if trained
+        x = torch.randn(*shape, generator=generator)
+        what = f"lora_forward for x of shape {shape}, a {out_features} x {in_features} weight, rank {rank}"
+        what += f", alpha {alpha:g}"
+        with torch.no_grad():
+            expected = layer(x)
+            args = (x, layer.base.weight.clone(), layer.lora_A.clone(), layer.lora_B.clone(), alpha)
+            got = answer(*args)
+        problem = close_problem(what, got, expected)
+        if problem is None:
+            continue
+        for mistake, hint in (
+            (_lora_unscaled, "you added the correction without its scale: multiply it by alpha / rank"),
+            (_lora_scaled_by_alpha, "you scaled the correction by alpha; the scale is alpha / rank (rank = A's rows)"),
+        ):
+            if isinstance(got, torch.Tensor) and got.shape == expected.shape and torch.allclose(got, mistake(*args)):
+                return [f"{hint} ({problem})"]
+        return [problem]
+    return []
+
+
+register(
+    Exercise(
+        id="13.4",
+        title="A LoRA layer, by hand",
+        check=_check_lora_forward,
+        solution=lora_forward,
+        verified="the same outputs as ds9_utils.finetune.LoRALinear with trained-looking adapters, for three shapes",
     )
 )

@@ -1,4 +1,5 @@
-"""Chapter 14's exercises: DPO's implicit reward, scenes that break one rule, the rater as the reward."""
+"""Chapter 14's exercises: DPO's implicit reward, scenes that break one rule, the rater as the reward, the DPO
+loss."""
 
 from __future__ import annotations
 
@@ -146,5 +147,60 @@ register(
         check=_check_make_rater_reward,
         solution=make_rater_reward,
         verified="the rater's score of every scene, in the form train_reinforce takes as its reward",
+    )
+)
+
+
+def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta: float) -> torch.Tensor:
+    # How much more likely the policy made each scene than the reference did, chosen minus rejected.
+    margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
+    return -torch.nn.functional.logsigmoid(beta * margin).mean()  # logsigmoid: no overflow for large margins
+
+
+def _dpo_swapped(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta):
+    """A typical mistake: the margin the wrong way round (rejected minus chosen)."""
+    return dpo_loss(policy_rejected, policy_chosen, reference_rejected, reference_chosen, beta)
+
+
+def _dpo_without_beta(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta):
+    """A typical mistake: forgetting beta, the strength of the pull back to the reference."""
+    return dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, 1.0)
+
+
+def _check_dpo_loss(answer) -> list[str]:
+    from ds9_utils.feedback import dpo_loss as library_dpo_loss
+
+    generator = torch.Generator().manual_seed(14)
+    for n, beta, scale in ((8, 0.1, 20.0), (1, 0.5, 5.0), (16, 0.1, 3000.0)):
+        logps = [-(torch.rand(n, generator=generator) * scale + 10) for _ in range(4)]  # log-probabilities, < 0
+        what = f"dpo_loss over {n} pair(s), beta={beta:g}" + (" (huge margins)" if scale > 100 else "")
+        expected = library_dpo_loss(*logps, beta=beta)
+        got = answer(*(t.clone() for t in logps), beta)
+        problem = close_problem(what, got, expected)
+        if problem is None:
+            continue
+        for mistake, hint in (
+            (_dpo_swapped, "your margin is the wrong way round: chosen log-ratio minus rejected log-ratio"),
+            (_dpo_without_beta, "you left out beta: the loss is -log sigmoid(beta * margin)"),
+        ):
+            if (
+                isinstance(got, torch.Tensor)
+                and got.numel() == 1
+                and torch.allclose(got.reshape(()), mistake(*logps, beta))
+            ):
+                return [f"{hint} ({problem})"]
+        if isinstance(got, torch.Tensor) and not torch.isfinite(got).all():
+            return [f"{problem}: with large margins, use F.logsigmoid rather than log(sigmoid(...))"]
+        return [problem]
+    return []
+
+
+register(
+    Exercise(
+        id="14.4",
+        title="The DPO loss",
+        check=_check_dpo_loss,
+        solution=dpo_loss,
+        verified="the same loss as ds9_utils.feedback.dpo_loss, for one pair, a batch and margins in the thousands",
     )
 )
