@@ -943,6 +943,115 @@ def data_parallel(n_ranks: int = 2, batch_size: int = 16):
     return fig
 
 
+def qkv_projections(n_embd: int = 32, head_size: int = 16):
+    """Chapter 05: queries, keys and values. Three learned linear maps turn every position's vector into a
+    query (what it looks for), a key (what it offers) and a value (what it passes on); the scores are the
+    queries' dot products with the keys, scaled, masked and softmaxed row by row, and each position's output is
+    the weighted sum of the values."""
+    if n_embd < 1 or head_size < 1:
+        raise ValueError(f"n_embd and head_size must be at least 1, got {n_embd} and {head_size}.")
+    fig, ax = _canvas(f"One head: queries, keys and values from the same {n_embd} numbers per position")
+    _cell(ax, 0.35, 0.75, 0.3, PALETTE["grey"][0], height=2.0, edge=PALETTE["grey"][1])
+    _text(ax, 0.5, 0.58, "x", size=TEXT_SIZE, mono=True)
+    _note(ax, 0.5, 0.38, f"(B, T, {n_embd})", ha="center", size=7.0)
+    rows = [
+        ("query", "orange", "what position t looks for", 2.35),
+        ("key", "green", "what position s offers", 1.55),
+        ("value", "blue", "what position s passes on", 0.75),
+    ]
+    for name, colour, meaning, y in rows:
+        _arrow(ax, (0.68, 1.75), (1.25, y + 0.2), width=0.9)
+        _box(ax, 1.25, y, 1.45, 0.4, f"{name}: Linear", color=colour, size=NOTE_SIZE, mono=True)
+        _note(ax, 1.975, y - 0.12, f"{n_embd} \u2192 {head_size}: {meaning}", ha="center", size=7.0)
+        _arrow(ax, (2.7, y + 0.2), (3.05, y + 0.2))
+        _cell(ax, 3.05, y + 0.02, 0.36, PALETTE[colour][0], height=0.36, edge=PALETTE[colour][1])
+        _text(ax, 3.23, y + 0.2, name[0], size=TEXT_SIZE, mono=True, bold=True)
+    _arrow(ax, (3.41, 2.55), (4.55, 2.2))
+    _arrow(ax, (3.41, 1.75), (4.55, 2.0))
+    _box(
+        ax,
+        4.55,
+        1.75,
+        1.55,
+        0.7,
+        "scores = q k\u1d40 / \u221ad\nmask the future\nsoftmax each row",
+        color="purple",
+        size=7.3,
+    )
+    _note(ax, 5.325, 1.6, f"(B, T, T), d = {head_size}", ha="center", size=7.0)
+    _arrow(ax, (6.1, 2.1), (6.45, 1.55))
+    _arrow(ax, (3.41, 0.95), (6.45, 1.3))
+    _box(ax, 6.45, 1.1, 1.3, 0.65, "out = weights @ v", color="purple", size=7.3, mono=True)
+    _note(ax, 7.1, 0.95, f"(B, T, {head_size})", ha="center", size=7.0)
+    _note(
+        ax,
+        0.3,
+        0.12,
+        "Three matrices are all a head learns. The weights come from the data (q against every k up to itself); "
+        "what flows is the values.",
+        size=7.3,
+    )
+    return fig
+
+
+def whole_gpt(n_layer: int = 4, n_embd: int = 128, n_head: int = 4, vocab_size: int = 81, block_size: int = 128):
+    """The whole GPT, bottom to top: token ids become vectors (a table lookup), pass through ``n_layer``
+    identical blocks (attention to gather from the past, a feed-forward layer to compute, each adding to the
+    residual stream), are normalised once more, and a last linear layer turns each position's vector into a
+    score for every token of the vocabulary."""
+    if n_layer < 1 or n_head < 1 or n_embd % n_head:
+        raise ValueError(
+            f"n_layer={n_layer}, n_head={n_head}, n_embd={n_embd}: need at least one layer and n_embd divisible "
+            "by n_head."
+        )
+    fig, ax = _canvas(f"The whole GPT: {n_layer} blocks between a table lookup and a scoring layer", height=4.2)
+    x0, w = 0.6, 3.6
+    centre, notes_x = x0 + w / 2, x0 + w + 0.25
+
+    def layer(y, h, text, colour, mono=False):
+        _box(ax, x0, y, w, h, text, color=colour, size=NOTE_SIZE if h > 0.33 else 7.3, mono=mono)
+        return y + h
+
+    def step(y, length=0.13):
+        _arrow(ax, (centre, y), (centre, y + length))
+        return y + length
+
+    y = layer(0.25, 0.35, f"token ids (B, T), T \u2264 {block_size}", "grey", mono=True)
+    embedding_y = step(y)
+    y = layer(embedding_y, 0.35, f"token embedding: {vocab_size} rows of {n_embd}", "green")
+    y = step(y)
+    first_block = y
+    shown = n_layer if n_layer <= 4 else 3  # a deeper stack: the first two, a gap, the last
+    for i in range(shown):
+        index = i if shown == n_layer or i < shown - 1 else n_layer - 1
+        if index != i:  # blocks left out between the first ones and the last
+            _text(ax, centre, y + 0.07, "\u22ee", size=11, color=MUTED)
+            y += 0.2
+        y = layer(y, 0.32, f"block {index}: x + attn(norm(x)), then x + ffwd(norm(x))", "blue")
+        y = step(y, 0.08) if i < shown - 1 else y
+    blocks_middle = (first_block + y) / 2
+    y = layer(step(y), 0.3, "final norm", "grey")
+    head_y = step(y)
+    y = layer(head_y, 0.35, f"lm_head: Linear {n_embd} \u2192 {vocab_size}", "purple", mono=True)
+    _note(ax, notes_x, head_y + 0.17, f"logits (B, T, {vocab_size}): a score\nfor every possible next token", size=7.3)
+    _note(
+        ax,
+        notes_x,
+        embedding_y + 0.17,
+        "each position becomes a vector of\nn_embd numbers: the residual stream",
+        size=7.3,
+    )
+    _note(
+        ax,
+        notes_x,
+        blocks_middle,
+        f"{n_layer} identical blocks, each with\n{n_head} heads of {n_embd // n_head}; the stream keeps\nits shape "
+        f"(B, T, {n_embd}) all the way up",
+        size=7.3,
+    )
+    return fig
+
+
 #: Every diagram, by the chapter that draws it (the tests check that each notebook shows its own).
 BY_CHAPTER = {
     "01": next_token,

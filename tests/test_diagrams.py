@@ -56,8 +56,15 @@ def assert_readable(fig: Figure) -> None:
             assert overlap_x <= 1 or overlap_y <= 1, f"{text_a!r} and {text_b!r} overlap"
 
 
-#: Every diagram: the chapters' own, and those of the later recipes (rotary positions, Muon).
-ALL_DIAGRAMS = [*diagrams.BY_CHAPTER.values(), diagrams.rotary_positions, diagrams.muon_update]
+#: Every diagram: the chapters' own, those of the later recipes (rotary positions, Muon), the Q/K/V projections
+#: and the whole GPT.
+ALL_DIAGRAMS = [
+    *diagrams.BY_CHAPTER.values(),
+    diagrams.rotary_positions,
+    diagrams.muon_update,
+    diagrams.qkv_projections,
+    diagrams.whole_gpt,
+]
 
 
 @pytest.mark.parametrize("draw", ALL_DIAGRAMS, ids=lambda f: f.__name__)
@@ -129,6 +136,18 @@ CUSTOM = [
         ["gradient G (4 \u00d7 5)", "3 Newton\u2013Schulz", "orthogonalize(G)"],
     ),
     (lambda: diagrams.muon_update(rows=12, cols=16, seed=3), ["gradient G (12 \u00d7 16)"]),
+    (lambda: diagrams.qkv_projections(n_embd=64, head_size=8), ["64 \u2192 8", "(B, T, 64)", "d = 8"]),
+    (
+        lambda: diagrams.whole_gpt(n_layer=6, n_embd=96, n_head=3, vocab_size=65, block_size=256),
+        [
+            "65 rows of 96",
+            "Linear 96 \u2192 65",
+            "block 5",
+            "6 identical blocks",
+            "3 heads of 32",
+            "T \u2264 256",
+        ],
+    ),
 ]
 
 
@@ -168,6 +187,9 @@ def test_the_sinusoidal_positions_are_the_models_own_table():
         (lambda: diagrams.attention(WEIGHTS, "Quark", row=5), "row 5 is not a position"),
         (lambda: diagrams.attention(causal_weights(30), "x" * 30), "at most 24 positions"),
         (lambda: diagrams.heads(n_embd=30, n_head=4), "does not split into n_head=4"),
+        (lambda: diagrams.qkv_projections(head_size=0), "must be at least 1"),
+        (lambda: diagrams.whole_gpt(n_embd=30, n_head=4), "n_embd divisible"),
+        (lambda: diagrams.whole_gpt(n_layer=0), "at least one layer"),
         (lambda: diagrams.transformer_block(n_embd=30, n_head=4), "does not split into n_head=4"),
         (lambda: diagrams.positional_encoding(kind="rotary"), "choose 'sinusoidal' or 'learned'"),
         (lambda: diagrams.kv_cache(""), "at least one token"),
@@ -253,6 +275,8 @@ def test_muon_update_draws_the_singular_values_of_the_orthogonalized_gradient():
 #: chapter 09, those of the speedrun recipe it teaches (rotary positions, Muon).
 BY_CHAPTER = {chapter: [draw.__name__] for chapter, draw in diagrams.BY_CHAPTER.items()}
 BY_CHAPTER["09"] = ["training_loop", "rotary_positions", "muon_update"]
+BY_CHAPTER["05"] = ["attention", "qkv_projections"]
+BY_CHAPTER["15"] = ["data_parallel", "whole_gpt"]
 
 # The code that builds each diagram's mechanism: the diagram must come before the first code cell with one of these.
 MECHANISM_CODE = {
@@ -270,6 +294,8 @@ MECHANISM_CODE = {
     "lora": ["layer = base.blocks[0].attn.qkv", "LoRALinear"],
     "rlhf_loop": ["scene_prompts(", "sample_completions(", "RewardModel("],
     "data_parallel": ["gradients(xb", "torch.distributed.run"],
+    "qkv_projections": ["key = nn.Linear(C, head_size"],
+    "whole_gpt": ["def non_embedding_parameters"],
 }
 DRAWN = [(chapter, name) for chapter, names in sorted(BY_CHAPTER.items()) for name in names]
 
