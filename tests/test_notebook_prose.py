@@ -51,6 +51,7 @@ HIDDEN = [
     re.compile(r"https?://\S+"),  # bare addresses
     re.compile(r"<[^>]+>"),  # html tags
     re.compile(r"(?:Python|torch|PyTorch|version) \d+(?:\.\d+)+"),  # version numbers
+    re.compile(r"^#{1,6} .*$", re.M),  # headings: section numbers such as "3.4 Compiling"
 ]
 OUTPUT_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
