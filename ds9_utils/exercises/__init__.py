@@ -21,7 +21,7 @@ import re
 import signal
 import textwrap
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -256,6 +256,32 @@ def close_problem(what: str, got: Any, expected: torch.Tensor, atol: float = 1e-
     worst = tuple(int(i) for i in torch.unravel_index(gap.argmax(), gap.shape)) if gap.dim() else ()
     at = f" at index {worst}" if worst else ""
     return f"{what} is off{at}: expected {expected_values[worst].item():.6g}, got {got_values[worst].item():.6g}"
+
+
+def typical_mistake(
+    got: Any,
+    mistakes: Iterable[tuple[Callable[..., Any], str]],
+    args: tuple,
+    *,
+    atol: float = 1e-8,
+    rtol: float = 1e-5,
+    nan_as_zero: bool = False,
+) -> str | None:
+    """The hint of the first typical mistake whose output on ``args`` is the learner's, or None.
+
+    ``mistakes`` pairs a function written with the mistake with the hint that names it; each runs only when
+    the ones before it did not match. Outputs are compared as plain float64 copies (``_plain_tensor``), shape
+    first; ``nan_as_zero`` reads NaN as 0 on both sides (a 0 / 0 where the mistake writes 0).
+    """
+    if not isinstance(got, torch.Tensor):
+        return None
+    got = _plain_tensor(got).nan_to_num() if nan_as_zero else _plain_tensor(got)
+    for mistake, hint in mistakes:
+        wrong = _plain_tensor(torch.as_tensor(mistake(*args)))
+        wrong = wrong.nan_to_num() if nan_as_zero else wrong
+        if got.shape == wrong.shape and torch.allclose(got, wrong, atol=atol, rtol=rtol):
+            return hint
+    return None
 
 
 def number_problem(what: str, got: Any, expected: float, rel: float = 1e-4, abs_tol: float = 1e-6) -> str | None:

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from ds9_utils.exercises import Exercise, close_problem, number_problem, register
+from ds9_utils.exercises import Exercise, close_problem, number_problem, register, typical_mistake
 from ds9_utils.model import rotary_angles
 from ds9_utils.model import rotate as _library_rotate
 from ds9_utils.optim import orthogonalize as _library_orthogonalize
@@ -190,17 +190,24 @@ def _check_rotate(answer) -> list[str]:
             continue
         if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
             return [problem]
-        for mistake, hint in (
-            (_rotate_backwards, "you turned by minus the angle: pair (a, b) becomes (a cos - b sin, a sin + b cos)"),
+        hint = typical_mistake(
+            got,
             (
-                _rotate_neighbours,
-                "you paired neighbours (x[2i], x[2i+1]); rotate pairs x[i] with x[i + d/2], the first half of "
-                "the numbers with the second half",
+                (
+                    _rotate_backwards,
+                    "you turned by minus the angle: pair (a, b) becomes (a cos - b sin, a sin + b cos)",
+                ),
+                (
+                    _rotate_neighbours,
+                    "you paired neighbours (x[2i], x[2i+1]); rotate pairs x[i] with x[i + d/2], the first half of "
+                    "the numbers with the second half",
+                ),
             ),
-        ):
-            if torch.allclose(got.detach().double(), mistake(x, cos, sin).double(), atol=1e-5, rtol=1e-4):
-                return [f"{hint} ({problem})"]
-        return [problem]
+            (x, cos, sin),
+            atol=1e-5,
+            rtol=1e-4,
+        )
+        return [f"{hint} ({problem})" if hint else problem]
     return []
 
 

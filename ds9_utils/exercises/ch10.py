@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from ds9_utils.exercises import Exercise, close_problem, equal_problem, register
+from ds9_utils.exercises import Exercise, close_problem, equal_problem, register, typical_mistake
 from ds9_utils.generate import generate
 from ds9_utils.model import GPT, GPTConfig
 
@@ -178,18 +178,20 @@ def _check_top_p_filter(answer) -> list[str]:
         problem = close_problem(f"top_p_filter on {what}", got, expected)
         if problem is None:
             continue
-        for mistake, hint in (
+        hint = typical_mistake(
+            got,
             (
-                _top_p_short,
-                "you kept the tokens whose running total stays below top_p; keep the token that crosses it too "
-                "(the smallest set whose mass *reaches* top_p), so at least one token always remains",
+                (
+                    _top_p_short,
+                    "you kept the tokens whose running total stays below top_p; keep the token that crosses it too "
+                    "(the smallest set whose mass *reaches* top_p), so at least one token always remains",
+                ),
+                (_top_p_unnormalised, "you zeroed the tail but did not divide by what is left: each row must sum to 1"),
             ),
-            (_top_p_unnormalised, "you zeroed the tail but did not divide by what is left: each row must sum to 1"),
-        ):
-            if isinstance(got, torch.Tensor) and got.shape == expected.shape:
-                if torch.allclose(got.detach().double().nan_to_num(), mistake(probs, top_p).double().nan_to_num()):
-                    return [f"{hint} ({problem})"]
-        return [problem]
+            (probs, top_p),
+            nan_as_zero=True,
+        )
+        return [f"{hint} ({problem})" if hint else problem]
     return []
 
 
@@ -236,6 +238,14 @@ def _run_cached(step, q, k, v):
     return torch.cat(outputs, dim=-2), k_cache
 
 
+def _outputs_without_itself(q, k, v):
+    return _run_cached(_step_without_itself, q, k, v)[0]
+
+
+def _outputs_unscaled(q, k, v):
+    return _run_cached(_step_unscaled, q, k, v)[0]
+
+
 def _check_cached_attention_step(answer) -> list[str]:
     generator = torch.Generator().manual_seed(10)
     for B, heads, T, d in ((1, 1, 5, 4), (2, 4, 9, 8)):
@@ -251,13 +261,19 @@ def _check_cached_attention_step(answer) -> list[str]:
         problem = close_problem(what, got, expected)
         if problem is None:
             continue
-        for mistake, hint in (
-            (_step_without_itself, "you attended before adding the new key and value: a position sees itself too"),
-            (_step_unscaled, "your scores are not divided by sqrt(d), the size of a key"),
-        ):
-            if got.shape == expected.shape and torch.allclose(got, _run_cached(mistake, q, k, v)[0], atol=1e-5):
-                return [f"{hint} ({problem})"]
-        return [problem]
+        hint = typical_mistake(
+            got,
+            (
+                (
+                    _outputs_without_itself,
+                    "you attended before adding the new key and value: a position sees itself too",
+                ),
+                (_outputs_unscaled, "your scores are not divided by sqrt(d), the size of a key"),
+            ),
+            (q, k, v),
+            atol=1e-5,
+        )
+        return [f"{hint} ({problem})" if hint else problem]
     return []
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ds9_utils.exercises import Exercise, close_problem, equal_problem, register
+from ds9_utils.exercises import Exercise, close_problem, equal_problem, register, typical_mistake
 from ds9_utils.finetune import (
     LoRAConfig,
     LoRALinear,
@@ -204,13 +204,18 @@ def _check_lora_forward(answer) -> list[str]:
         problem = close_problem(what, got, expected)
         if problem is None:
             continue
-        for mistake, hint in (
-            (_lora_unscaled, "you added the correction without its scale: multiply it by alpha / rank"),
-            (_lora_scaled_by_alpha, "you scaled the correction by alpha; the scale is alpha / rank (rank = A's rows)"),
-        ):
-            if isinstance(got, torch.Tensor) and got.shape == expected.shape and torch.allclose(got, mistake(*args)):
-                return [f"{hint} ({problem})"]
-        return [problem]
+        hint = typical_mistake(
+            got,
+            (
+                (_lora_unscaled, "you added the correction without its scale: multiply it by alpha / rank"),
+                (
+                    _lora_scaled_by_alpha,
+                    "you scaled the correction by alpha; the scale is alpha / rank (rank = A's rows)",
+                ),
+            ),
+            args,
+        )
+        return [f"{hint} ({problem})" if hint else problem]
     return []
 
 

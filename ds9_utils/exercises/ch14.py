@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ds9_utils.exercises import Exercise, close_problem, number_problem, register
+from ds9_utils.exercises import Exercise, close_problem, number_problem, register, typical_mistake
 from ds9_utils.feedback import RLConfig, ScenePrompt, SceneRater, encode_scenes, sequence_log_probs, train_reinforce
 from ds9_utils.model import GPT, GPTConfig
 from ds9_utils.tokenizers import CharTokenizer
@@ -179,16 +179,16 @@ def _check_dpo_loss(answer) -> list[str]:
         problem = close_problem(what, got, expected)
         if problem is None:
             continue
-        for mistake, hint in (
-            (_dpo_swapped, "your margin is the wrong way round: chosen log-ratio minus rejected log-ratio"),
-            (_dpo_without_beta, "you left out beta: the loss is -log sigmoid(beta * margin)"),
-        ):
-            if (
-                isinstance(got, torch.Tensor)
-                and got.numel() == 1
-                and torch.allclose(got.reshape(()), mistake(*logps, beta))
-            ):
-                return [f"{hint} ({problem})"]
+        hint = typical_mistake(
+            got.reshape(()) if isinstance(got, torch.Tensor) and got.numel() == 1 else got,  # a loss of shape (1,) too
+            (
+                (_dpo_swapped, "your margin is the wrong way round: chosen log-ratio minus rejected log-ratio"),
+                (_dpo_without_beta, "you left out beta: the loss is -log sigmoid(beta * margin)"),
+            ),
+            (*logps, beta),
+        )
+        if hint:
+            return [f"{hint} ({problem})"]
         if isinstance(got, torch.Tensor) and not torch.isfinite(got).all():
             return [f"{problem}: with large margins, use F.logsigmoid rather than log(sigmoid(...))"]
         return [problem]
