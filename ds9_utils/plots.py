@@ -47,9 +47,21 @@ def _new_axes(figsize: tuple[float, float]):
     return ax
 
 
+#: The smallest tick label drawn: readable when the figure is shown at GitHub's page width.
+MIN_TICK_POINTS = 8.0
+#: The widest a grid of maps is drawn, in inches: wider figures are shrunk to the page, and their labels with them.
+MAX_GRID_INCHES = 9.0
+
+
 def _tick_fontsize(n: int) -> float:
-    """Small enough that n labels do not overlap, large enough to read (8-11 pt)."""
-    return float(max(5.0, min(11.0, 420.0 / max(n, 1))))
+    """Small enough that up to about 50 labels fit side by side, never below ``MIN_TICK_POINTS`` (8-11 pt)."""
+    return float(max(MIN_TICK_POINTS, min(11.0, 420.0 / max(n, 1))))
+
+
+def _label_step(n: int, inches: float, fontsize: float) -> int:
+    """Label every k-th of ``n`` positions along ``inches`` so that labels of ``fontsize`` pt do not overlap
+    (each gets at least 1.2 times its size); the positions in between keep their place, unlabelled."""
+    return max(1, math.ceil(n * fontsize * 1.2 / (inches * 72.0)))
 
 
 def _draw_map(
@@ -59,6 +71,7 @@ def _draw_map(
     *,
     vmax: float,
     fontsize: float,
+    label_step: int = 1,
     show_ylabels: bool = True,
     axis_titles: bool = True,
 ):
@@ -71,10 +84,10 @@ def _draw_map(
     image = ax.imshow(
         np.ma.masked_array(weights, future), cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest", aspect="equal"
     )
-    ax.set_xticks(range(T_key))
-    ax.set_xticklabels(labels[:T_key], fontsize=fontsize, family="monospace")
-    ax.set_yticks(range(T_query))
-    ax.set_yticklabels(labels[:T_query] if show_ylabels else [], fontsize=fontsize, family="monospace")
+    ax.set_xticks(range(0, T_key, label_step))
+    ax.set_xticklabels(labels[:T_key:label_step], fontsize=fontsize, family="monospace")
+    ax.set_yticks(range(0, T_query, label_step))
+    ax.set_yticklabels(labels[:T_query:label_step] if show_ylabels else [], fontsize=fontsize, family="monospace")
     ax.tick_params(length=0, pad=1.5)
     if axis_titles:
         ax.set_xlabel("looked at (key)")
@@ -103,7 +116,16 @@ def plot_attention(weights, tokens: str | Sequence[str], *, ax=None, title: str 
     if ax is None:
         side = min(12.0, max(4.0, 0.2 * T + 1.5))
         ax = _new_axes((side + 1.0, side))
-    image = _draw_map(ax, weights, labels, vmax=max(float(weights.max()), 1e-9), fontsize=_tick_fontsize(T))
+    fontsize = _tick_fontsize(T)
+    inches = 0.8 * min(ax.figure.get_size_inches())  # about the map's side: the figure less its margins
+    image = _draw_map(
+        ax,
+        weights,
+        labels,
+        vmax=max(float(weights.max()), 1e-9),
+        fontsize=fontsize,
+        label_step=_label_step(T, inches, fontsize),
+    )
     ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label="attention weight")
     if title:
         ax.set_title(title)
@@ -112,7 +134,10 @@ def plot_attention(weights, tokens: str | Sequence[str], *, ax=None, title: str 
 
 def plot_attention_grid(weights, tokens: str | Sequence[str], *, titles: Sequence[str] | None = None, ncols: int = 4):
     """Draw several attention maps side by side: ``weights`` is (H, T, T), one map per head
-    (a leading batch dimension of 1 is dropped). All maps share one colour scale. Returns the Figure."""
+    (a leading batch dimension of 1 is dropped). All maps share one colour scale. Returns the Figure.
+
+    At most ``ncols`` maps a row, and no more than fit ``MAX_GRID_INCHES`` at a readable size; where a map's
+    characters are too many for ``MIN_TICK_POINTS`` labels, every k-th is labelled."""
     import matplotlib.pyplot as plt
 
     weights = _as_array(weights)
@@ -126,12 +151,14 @@ def plot_attention_grid(weights, tokens: str | Sequence[str], *, titles: Sequenc
         raise ValueError(f"{len(labels)} tokens for {T}-position maps: pass one token per row/column.")
     if titles is not None and len(titles) != H:
         raise ValueError(f"{len(titles)} titles for {H} maps.")
-    ncols = max(1, min(ncols, H))
+    smallest_panel = 3.0
+    ncols = max(1, min(ncols, H, int((MAX_GRID_INCHES - 1.0) // smallest_panel)))
     nrows = math.ceil(H / ncols)
-    panel = min(6.0, max(2.8, 0.11 * T + 1.2))
+    panel = min(6.0, max(2.8, 0.11 * T + 1.2), (MAX_GRID_INCHES - 1.0) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(panel * ncols + 1.0, panel * nrows + 0.3), squeeze=False)
     vmax = max(float(weights.max()), 1e-9)
-    fontsize = float(max(4.0, min(9.0, 46.0 * panel / T)))
+    fontsize = MIN_TICK_POINTS
+    label_step = _label_step(T, 0.8 * panel, fontsize)
     image = None
     for index, ax in enumerate(axes.flat):
         if index >= H:
@@ -144,6 +171,7 @@ def plot_attention_grid(weights, tokens: str | Sequence[str], *, titles: Sequenc
             labels,
             vmax=vmax,
             fontsize=fontsize,
+            label_step=label_step,
             show_ylabels=first_column,
             axis_titles=index // ncols == nrows - 1 or first_column,
         )

@@ -382,3 +382,30 @@ def test_the_kv_cache_exercise_names_the_typical_mistakes():
     assert "not divided by sqrt(d)" in _verdict("10.5", ch10._step_unscaled)
     assert "the key cache after every step" in _verdict("10.5", lambda q, k, v, kc, vc: (torch.zeros_like(q), kc, vc))
     assert "should return (out, k_cache, v_cache)" in _verdict("10.5", lambda q, k, v, kc, vc: None)
+
+
+def test_the_heads_exercise_names_the_typical_mistakes():
+    from ds9_utils.exercises import ch06
+
+    assert "which mixes positions" in _verdict("06.4", ch06._split_without_transpose)
+    assert "merged the heads with a reshape alone" in _verdict("06.4", ch06._merge_without_transpose)
+    assert "is off at index" in _verdict("06.4", lambda q, k, v, n_head: v)
+    assert "expected (2, 5, 8): merge the heads back" in _verdict(
+        "06.4", lambda q, k, v, n_head: q.view(2, 5, n_head, -1).transpose(1, 2)
+    )
+
+
+def test_the_block_forward_exercise_names_the_typical_mistakes():
+    from ds9_utils.exercises import ch07
+
+    assert "keep the residual paths" in _verdict("07.4", ch07._block_without_residuals)
+    assert "added each part's output to the normalised x" in _verdict("07.4", ch07._block_adds_to_the_norm)
+    assert "is off at index" in _verdict("07.4", lambda block, x: x + block.attn(block.ln_1(x)))
+
+
+def test_the_sinusoidal_table_exercise_names_the_typical_mistakes():
+    from ds9_utils.exercises import ch08
+
+    assert "sines and cosines swapped" in _verdict("08.4", ch08._table_swapped)
+    assert "not the pair's index i" in _verdict("08.4", ch08._table_pair_index)
+    assert "is off at index" in _verdict("08.4", lambda block_size, n_embd: torch.zeros(block_size, n_embd))

@@ -75,16 +75,37 @@ def test_plot_attention_rejects_wrong_shapes():
         plot_attention(causal_weights(4), "ab")
 
 
-@pytest.mark.parametrize("heads, ncols, rows", [(6, 4, 2), (4, 4, 1), (3, 2, 2), (1, 4, 1)])
-def test_plot_attention_grid_draws_one_map_per_head(heads, ncols, rows):
+@pytest.mark.parametrize(
+    "heads, ncols, rows, cols", [(6, 4, 3, 2), (4, 4, 2, 2), (3, 2, 2, 2), (1, 4, 1, 1), (3, 1, 3, 1)]
+)
+def test_plot_attention_grid_draws_one_map_per_head(heads, ncols, rows, cols):
     T = len(TEXT)
     fig = plot_attention_grid(causal_weights(T, heads=heads), TEXT, ncols=ncols)
     maps = image_axes(fig)
     assert len(maps) == heads
     assert [ax.get_title() for ax in maps] == [f"head {h}" for h in range(heads)]
     grid = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
-    assert len(grid) == rows * min(ncols, heads)
+    assert len(grid) == rows * cols
     assert sum(ax.get_label() == "<colorbar>" for ax in fig.axes) == 1
+
+
+@pytest.mark.parametrize("T", [6, 24, 40, 64])
+def test_attention_labels_are_readable_at_page_width(T):
+    """At least 8 pt, on a grid no wider than the page, thinned where the characters would overlap."""
+    text = ("SISKO: The station is ours. " * 3)[:T]
+    figures = [
+        plot_attention_grid(causal_weights(T, heads=8), text, ncols=4),
+        plot_attention(causal_weights(T), text).figure,
+    ]
+    for fig in figures:
+        assert fig.get_size_inches()[0] <= 13.0
+        fig.canvas.draw()
+        for ax in image_axes(fig):
+            labels = [label for label in ax.get_xticklabels() if label.get_text()]
+            assert labels and all(label.get_fontsize() >= 8 for label in labels)
+            boxes = [label.get_window_extent() for label in labels]
+            assert all(left.x1 <= right.x0 + 0.5 for left, right in zip(boxes, boxes[1:])), "labels overlap"
+    assert plot_attention_grid(causal_weights(T, heads=8), text, ncols=4).get_size_inches()[0] <= 9.0
 
 
 def test_plot_attention_grid_takes_titles_and_a_batch_dimension():

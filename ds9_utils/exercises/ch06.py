@@ -1,4 +1,5 @@
-"""Chapter 06's exercises: switching one head off, the parameter count of attention, how time grows with T."""
+"""Chapter 06's exercises: switching one head off, the parameter count of attention, how time grows with T,
+and all heads at once: split, attend, merge."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 import numpy as np
 import torch
 
-from ds9_utils.exercises import Exercise, close_problem, equal_problem, number_problem, register
+from ds9_utils.exercises import Exercise, close_problem, equal_problem, number_problem, register, typical_mistake
 from ds9_utils.model import CausalSelfAttention, GPTConfig
 
 
@@ -111,5 +112,86 @@ register(
         check=_check_growth_exponent,
         solution=growth_exponent,
         verified="finds exponent 1 for linear times, 2 for quadratic ones, and the fitted slope of noisy ones",
+    )
+)
+
+
+def attend_all_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int) -> torch.Tensor:
+    # q, k, v: (B, T, C) with every head's numbers side by side. Split C into n_head heads of C // n_head,
+    # and make the heads a batch dimension: (B, T, C) -> (B, T, n_head, head_size) -> (B, n_head, T, head_size).
+    B, T, C = q.shape
+    q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in (q, k, v))
+    # Causal attention for every head at once (chapter 05's softmax(QK^T / sqrt(d) + mask) V).
+    scores = q @ k.transpose(-2, -1) / math.sqrt(C // n_head)
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    y = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1) @ v
+    # Merge: undo the split, (B, n_head, T, head_size) -> (B, T, n_head, head_size) -> (B, T, C).
+    return y.transpose(1, 2).reshape(B, T, C)
+
+
+def _split_without_transpose(q, k, v, n_head):
+    """A typical mistake: viewing (B, T, C) straight as (B, n_head, T, head_size), which mixes positions."""
+    B, T, C = q.shape
+    q, k, v = (t.reshape(B, n_head, T, C // n_head) for t in (q, k, v))
+    y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return y.transpose(1, 2).reshape(B, T, C)
+
+
+def _merge_without_transpose(q, k, v, n_head):
+    """A typical mistake: merging (B, n_head, T, head_size) back with a reshape alone."""
+    B, T, C = q.shape
+    q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in (q, k, v))
+    y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return y.reshape(B, T, C)
+
+
+def _check_attend_all_heads(answer) -> list[str]:
+    generator = torch.Generator().manual_seed(6)
+    for B, T, C, n_head in [(2, 5, 8, 2), (1, 7, 12, 3), (3, 4, 16, 4), (2, 6, 8, 1)]:
+        with torch.random.fork_rng():  # random weights, without moving the notebook's own random numbers
+            torch.manual_seed(B * 1000 + T * 100 + C + n_head)
+            config = GPTConfig(vocab_size=1, block_size=T, n_layer=1, n_head=n_head, n_embd=C)
+            attention = CausalSelfAttention(config).eval()
+        x = torch.randn(B, T, C, generator=generator)
+        with torch.no_grad():
+            q, k, v = attention.qkv(x).split(C, dim=-1)
+            expected = attention(x)  # the library: split, attend, merge, then the output projection
+            got = answer(q.clone(), k.clone(), v.clone(), n_head)
+            what = f"attend_all_heads for B={B}, T={T}, C={C}, n_head={n_head}"
+            if isinstance(got, torch.Tensor) and tuple(got.shape) != (B, T, C):
+                return [f"{what} has shape {tuple(got.shape)}, expected {(B, T, C)}: merge the heads back"]
+            projected = attention.proj(got) if isinstance(got, torch.Tensor) else got
+            problem = close_problem(f"{what}, then the projection", projected, expected)
+            if problem is None:
+                continue
+            hint = typical_mistake(
+                got,
+                (
+                    (
+                        _split_without_transpose,
+                        "you viewed (B, T, C) straight as (B, n_head, T, head_size), which mixes positions: view it "
+                        "as (B, T, n_head, head_size) first, then .transpose(1, 2)",
+                    ),
+                    (
+                        _merge_without_transpose,
+                        "you merged the heads with a reshape alone: transpose (B, n_head, T, head_size) back to "
+                        "(B, T, n_head, head_size) first, then reshape to (B, T, C)",
+                    ),
+                ),
+                (q, k, v, n_head),
+                atol=1e-5,
+                rtol=1e-4,
+            )
+            return [f"{hint} ({problem})" if hint else problem]
+    return []
+
+
+register(
+    Exercise(
+        id="06.4",
+        title="Split the heads, attend, merge them",
+        check=_check_attend_all_heads,
+        solution=attend_all_heads,
+        verified="the same output as ds9_utils.model.CausalSelfAttention for 1 to 4 heads, every position",
     )
 )

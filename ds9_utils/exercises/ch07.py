@@ -1,11 +1,12 @@
-"""Chapter 07's exercises: a block's parameter count, the post-norm block, dropout written by hand."""
+"""Chapter 07's exercises: a block's parameter count, the post-norm block, dropout written by hand, and a
+block's forward with its residual paths."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ds9_utils.exercises import Exercise, close_problem, equal_problem, number_problem, register
+from ds9_utils.exercises import Exercise, close_problem, equal_problem, number_problem, register, typical_mistake
 from ds9_utils.model import Block, GPTConfig
 
 
@@ -115,5 +116,74 @@ register(
         solution=dropout,
         verified="does nothing in evaluation; in training zeroes 20% at random, scales the rest to 1.25, keeps "
         "the mean at 1",
+    )
+)
+
+
+def block_forward(block: Block, x: torch.Tensor) -> torch.Tensor:
+    # Two residual paths. Each part reads a normalised copy of x and *adds* what it computes to x itself,
+    # so the unchanged x always flows through to the next block (and its gradient flows back the same way).
+    x = x + block.attn(block.ln_1(x))  # the tokens talk to each other
+    x = x + block.ffwd(block.ln_2(x))  # each token thinks on its own
+    return x
+
+
+def _block_without_residuals(block, x):
+    """A typical mistake: no residual paths, each part replaces x instead of adding to it."""
+    x = block.attn(block.ln_1(x))
+    return block.ffwd(block.ln_2(x))
+
+
+def _block_adds_to_the_norm(block, x):
+    """A typical mistake: adding each part's output to the normalised x instead of to x itself."""
+    h = block.ln_1(x)
+    x = h + block.attn(h)
+    h = block.ln_2(x)
+    return h + block.ffwd(h)
+
+
+def _check_block_forward(answer) -> list[str]:
+    generator = torch.Generator().manual_seed(7)
+    for B, T, C, n_head in [(2, 8, 16, 2), (1, 5, 24, 4), (3, 6, 8, 1)]:
+        with torch.random.fork_rng():  # random weights, without moving the notebook's own random numbers
+            torch.manual_seed(B * 1000 + T * 100 + C)
+            block = Block(GPTConfig(vocab_size=1, block_size=T, n_layer=1, n_head=n_head, n_embd=C)).eval()
+            with torch.no_grad():  # gains away from 1, so that a misplaced norm shows
+                for norm in (block.ln_1, block.ln_2):
+                    norm.weight.uniform_(0.5, 1.5)
+        x = torch.randn(B, T, C, generator=generator) * 3 + 1
+        with torch.no_grad():
+            got = answer(block, x.clone())
+            problem = close_problem(f"block_forward for x of shape {(B, T, C)}", got, block(x))
+            if problem is None:
+                continue
+            hint = typical_mistake(
+                got,
+                (
+                    (
+                        _block_without_residuals,
+                        "each part replaced x instead of adding to it: keep the residual paths, x = x + attn(...)",
+                    ),
+                    (
+                        _block_adds_to_the_norm,
+                        "you added each part's output to the normalised x; add it to x itself, "
+                        "x = x + block.attn(block.ln_1(x)), so the unchanged x flows through",
+                    ),
+                ),
+                (block, x),
+                atol=1e-5,
+                rtol=1e-4,
+            )
+        return [f"{hint} ({problem})" if hint else problem]
+    return []
+
+
+register(
+    Exercise(
+        id="07.4",
+        title="A block's forward, with its residual paths",
+        check=_check_block_forward,
+        solution=block_forward,
+        verified="the same output as ds9_utils.model.Block: x + attn(ln_1(x)), then + ffwd(ln_2(x))",
     )
 )

@@ -1,4 +1,5 @@
-"""Chapter 08's exercises: positions as rotations, reading past the window, what depth and positions cost."""
+"""Chapter 08's exercises: positions as rotations, reading past the window, what depth and positions cost, and
+the sinusoidal position table built by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 
 import torch
 
-from ds9_utils.exercises import Exercise, close_problem, equal_problem, register
+from ds9_utils.exercises import Exercise, close_problem, equal_problem, register, typical_mistake
 from ds9_utils.model import GPT, GPTConfig, sinusoidal_positions
 
 
@@ -137,5 +138,68 @@ register(
         solution=gpt_parameters,
         verified="counts a GPT's parameters without building it: 12·n_embd² + 2·n_embd per block, block_size·n_embd "
         "for learned positions",
+    )
+)
+
+
+def sinusoidal_table(block_size: int, n_embd: int) -> torch.Tensor:
+    # Pair i (dimensions 2i and 2i+1) turns at the angular frequency ω_i = 10000^(-2i / n_embd): the first pair
+    # once per 2π positions, the last about once per 10000·2π. Row t holds (sin tω_i, cos tω_i) for every pair.
+    positions = torch.arange(block_size, dtype=torch.float32).unsqueeze(1)  # (block_size, 1)
+    omegas = 10000.0 ** (-torch.arange(0, n_embd, 2, dtype=torch.float32) / n_embd)  # (n_embd // 2,)
+    table = torch.zeros(block_size, n_embd)
+    table[:, 0::2] = torch.sin(positions * omegas)
+    table[:, 1::2] = torch.cos(positions * omegas)
+    return table
+
+
+def _table_swapped(block_size, n_embd):
+    """A typical mistake: cosines in the even dimensions and sines in the odd ones."""
+    table = sinusoidal_positions(block_size, n_embd)
+    return table.view(block_size, n_embd // 2, 2).flip(-1).reshape(block_size, n_embd)
+
+
+def _table_pair_index(block_size, n_embd):
+    """A typical mistake: ω_i = 10000^(-i / n_embd), with the pair's index i instead of its first dimension 2i."""
+    positions = torch.arange(block_size, dtype=torch.float32).unsqueeze(1)
+    omegas = 10000.0 ** (-torch.arange(n_embd // 2, dtype=torch.float32) / n_embd)
+    return torch.stack((torch.sin(positions * omegas), torch.cos(positions * omegas)), dim=-1).flatten(1)
+
+
+def _check_sinusoidal_table(answer) -> list[str]:
+    for block_size, n_embd in [(16, 8), (64, 32), (5, 2), (40, 64)]:
+        expected = sinusoidal_positions(block_size, n_embd)
+        got = answer(block_size, n_embd)
+        problem = close_problem(f"sinusoidal_table({block_size}, {n_embd})", got, expected, atol=1e-4, rtol=1e-4)
+        if problem is None:
+            continue
+        hint = typical_mistake(
+            got,
+            (
+                (
+                    _table_swapped,
+                    "sines and cosines swapped: the sine goes in the even dimension 2i, the cosine in 2i+1",
+                ),
+                (
+                    _table_pair_index,
+                    "your frequencies fall too slowly: ω_i = 10000^(-2i / n_embd), with 2i (the pair's first "
+                    "dimension), not the pair's index i",
+                ),
+            ),
+            (block_size, n_embd),
+            atol=1e-4,
+            rtol=1e-4,
+        )
+        return [f"{hint} ({problem})" if hint else problem]
+    return []
+
+
+register(
+    Exercise(
+        id="08.4",
+        title="The sinusoidal position table",
+        check=_check_sinusoidal_table,
+        solution=sinusoidal_table,
+        verified="the same table as ds9_utils.model.sinusoidal_positions, row by row and pair by pair",
     )
 )
