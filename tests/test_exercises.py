@@ -409,3 +409,79 @@ def test_the_sinusoidal_table_exercise_names_the_typical_mistakes():
     assert "sines and cosines swapped" in _verdict("08.4", ch08._table_swapped)
     assert "not the pair's index i" in _verdict("08.4", ch08._table_pair_index)
     assert "is off at index" in _verdict("08.4", lambda block_size, n_embd: torch.zeros(block_size, n_embd))
+
+
+def test_the_bigram_table_exercise_names_the_typical_mistakes():
+    from ds9_utils.exercises import ch03
+
+    assert "your rows are the *next* character" in _verdict("03.4", ch03._table_transposed)
+    assert "which gives P(a and b)" in _verdict("03.4", ch03._table_joint)
+    assert "is off at index" in _verdict("03.4", lambda ids, vocab_size, k: ch03.bigram_table(ids, vocab_size, 0.0))
+
+
+def test_the_schedule_exercise_names_the_typical_mistakes():
+    from ds9_utils.exercises import ch09
+
+    assert "your warm-up starts at 0" in _verdict("09.2", ch09._rate_warming_from_zero)
+    assert "it should end at min_lr" in _verdict("09.2", ch09._rate_decaying_to_zero)
+    assert "learning_rate_at(0, cfg)" in _verdict("09.2", lambda step, cfg: cfg.learning_rate)
+
+
+def test_the_surprisal_exercise_names_the_typical_mistakes():
+    from ds9_utils.exercises import ch11
+
+    assert "these are nats" in _verdict("11.4", ch11._surprisal_in_nats)
+    assert "your softmax ran down the positions" in _verdict("11.4", ch11._surprisal_over_positions)
+    assert "is off at index" in _verdict("11.4", lambda logits, targets: -logits[torch.arange(len(targets)), targets])
+
+
+def test_the_bpe_exercises_name_the_typical_mistakes():
+    from ds9_utils.exercises import ch12
+
+    assert "one id per character (ord)" in _verdict("12.4", ch12._encode_code_points)
+    assert "replay the merges in the order they were learned" in _verdict("12.4", ch12._encode_most_frequent_first)
+    assert "the 80 merges): expected [" in _verdict("12.4", lambda text, merges: list(text.encode("utf-8")))
+    assert "not 1" in _verdict("12.5", ch12._train_ignoring_counts)
+    assert "count again after every merge" in _verdict("12.5", ch12._train_counting_once)
+    reversed_ties = _verdict(
+        "12.5", lambda piece_counts, n: ch12.train_bpe_from_pieces(piece_counts, n)[:1] + [(0, 0)] * (n - 1)
+    )
+    assert "merge 1 (token 257) should be" in reversed_ties
+
+
+def test_the_gradient_accumulation_exercise_names_the_typical_mistakes():
+    def undivided(model, xb, yb, micro_batches):
+        model.zero_grad()
+        for rows in torch.tensor_split(torch.arange(len(xb)), micro_batches):
+            model(xb[rows], yb[rows])[1].backward()
+        return [parameter.grad.clone() for parameter in model.parameters()]
+
+    def onto_stale(model, xb, yb, micro_batches):
+        for rows in torch.tensor_split(torch.arange(len(xb)), micro_batches):
+            (model(xb[rows], yb[rows])[1] / micro_batches).backward()
+        return [parameter.grad.clone() for parameter in model.parameters()]
+
+    assert "divide it by the number of micro-batches" in _verdict("15.3", undivided)
+    assert "call model.zero_grad() before the first" in _verdict("15.3", onto_stale)
+
+
+def test_the_modern_block_exercises_name_the_typical_mistakes():
+    from ds9_utils.exercises import ch07
+
+    assert "that is LayerNorm" in _verdict("07.5", ch07._rms_norm_centred)
+    assert "take its square root first" in _verdict("07.5", ch07._rms_norm_without_root)
+    assert "is off at index" in _verdict("07.5", lambda x, weight, eps=1e-6: x * weight)
+    assert "that is plain ReLU" in _verdict("07.6", ch07._feed_forward_relu)
+    assert "squared before the ReLU" in _verdict("07.6", ch07._feed_forward_square_first)
+    assert "is off at index" in _verdict(
+        "07.6", lambda x, expand, project: torch.nn.functional.gelu(x @ expand.T) @ project.T
+    )
+
+
+def test_the_qk_norm_exercise_names_the_typical_mistakes():
+    from ds9_utils.exercises import ch06
+
+    assert "one root mean square over all the heads" in _verdict("06.5", ch06._qk_norm_whole_vector)
+    assert "your mean ran down the positions" in _verdict("06.5", ch06._qk_norm_over_positions)
+    assert "is off at index" in _verdict("06.5", lambda q, k, q_gain, k_gain: (q, k))
+    assert "should return the pair (q, k)" in _verdict("06.5", lambda q, k, q_gain, k_gain: q)

@@ -1,12 +1,15 @@
-"""Chapter 03's exercises: add-k smoothing, the loss from the counts alone, the entropy of each row."""
+"""Chapter 03's exercises: add-k smoothing, the loss from the counts alone, the entropy of each row, and the
+whole bigram table built from the characters."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-from ds9_utils.exercises import Exercise, close_problem, register
+from ds9_utils.exercises import Exercise, close_problem, register, typical_mistake
+from ds9_utils.ngram import NGramModel
 
 
 def _random_counts(seed: int, size: int = 6) -> torch.Tensor:
@@ -112,5 +115,67 @@ register(
         solution=row_entropy,
         verified="gives log2(8) bits for a uniform row, 0 for a certain one (no nan), 1 for a coin toss, and the "
         "entropy of random tables with zeros",
+    )
+)
+
+
+def bigram_table(ids: torch.Tensor, vocab_size: int, k: float) -> torch.Tensor:
+    # counts[a, b]: how often character b came right after character a (row: the previous one).
+    counts = torch.zeros(vocab_size, vocab_size, dtype=torch.float64)
+    counts.index_put_((ids[:-1], ids[1:]), torch.ones(len(ids) - 1, dtype=torch.float64), accumulate=True)
+    smoothed = counts + k  # every pair seen k more times, so that none has probability 0
+    return smoothed / smoothed.sum(dim=1, keepdim=True)  # each row: P(next | previous), summing to 1
+
+
+def _table_transposed(ids, vocab_size, k):
+    """A typical mistake: counting (next, previous) instead of (previous, next)."""
+    return bigram_table(ids.flip(0), vocab_size, k)
+
+
+def _table_joint(ids, vocab_size, k):
+    """A typical mistake: dividing by the total of the whole table (P(a, b)) instead of each row's (P(b | a))."""
+    counts = torch.zeros(vocab_size, vocab_size, dtype=torch.float64)
+    counts.index_put_((ids[:-1], ids[1:]), torch.ones(len(ids) - 1, dtype=torch.float64), accumulate=True)
+    return (counts + k) / (counts + k).sum()
+
+
+def _check_bigram_table(answer) -> list[str]:
+    generator = torch.Generator().manual_seed(3)
+    for length, vocab_size, k in [(300, 6, 1.0), (50, 8, 0.5), (1000, 5, 0.01)]:
+        ids = torch.randint(0, vocab_size - 1, (length,), generator=generator)  # the last character never occurs
+        library = NGramModel(2, vocab_size, smoothing=k).fit(ids.numpy())
+        expected = torch.as_tensor(np.stack([library.next_token_probs([a]) for a in range(vocab_size)]))
+        got = answer(ids.clone(), vocab_size, k)
+        what = f"bigram_table of {length} random ids, vocab_size={vocab_size}, k={k}"
+        problem = close_problem(what, got, expected, atol=1e-6, rtol=1e-5)
+        if problem is None:
+            continue
+        hint = typical_mistake(
+            got,
+            (
+                (
+                    _table_transposed,
+                    "your rows are the *next* character; row a must count what followed a: ids[:-1] "
+                    "are the rows, ids[1:] the columns",
+                ),
+                (
+                    _table_joint,
+                    "you divided by the whole table's total, which gives P(a and b); divide each row by "
+                    "its own total, so that row a is P(next | a) and sums to 1",
+                ),
+            ),
+            (ids, vocab_size, k),
+        )
+        return [f"{hint} ({problem})" if hint else problem]
+    return []
+
+
+register(
+    Exercise(
+        id="03.4",
+        title="The bigram table, from the characters",
+        check=_check_bigram_table,
+        solution=bigram_table,
+        verified="the same next-character probabilities as ds9_utils.ngram.NGramModel(2, ..., smoothing=k)",
     )
 )

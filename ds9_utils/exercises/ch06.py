@@ -195,3 +195,90 @@ register(
         verified="the same output as ds9_utils.model.CausalSelfAttention for 1 to 4 heads, every position",
     )
 )
+
+
+def qk_norm(
+    q: torch.Tensor, k: torch.Tensor, q_gain: torch.Tensor, k_gain: torch.Tensor, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # q, k: (B, n_head, T, head_size). Divide each head's query and key at each position by its own root mean
+    # square (over head_size), then scale by the gains: QK^T can no longer grow without bound.
+    def normalise(t: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+        return t / torch.sqrt(t.pow(2).mean(dim=-1, keepdim=True) + eps) * gain
+
+    return normalise(q, q_gain), normalise(k, k_gain)
+
+
+def _qk_norm_whole_vector(q, k, q_gain, k_gain, eps=1e-6):
+    """A typical mistake: one root mean square over all heads' numbers of a position, not each head's own."""
+
+    def normalise(t, gain):
+        B, n_head, T, head_size = t.shape
+        whole = t.transpose(1, 2).reshape(B, T, n_head * head_size)
+        rms = torch.sqrt(whole.pow(2).mean(dim=-1, keepdim=True) + eps)  # (B, T, 1)
+        return t / rms[:, None] * gain
+
+    return normalise(q, q_gain), normalise(k, k_gain)
+
+
+def _qk_norm_over_positions(q, k, q_gain, k_gain, eps=1e-6):
+    """A typical mistake: the mean taken down the positions (dim=-2) instead of across head_size."""
+
+    def normalise(t, gain):
+        return t / torch.sqrt(t.pow(2).mean(dim=-2, keepdim=True) + eps) * gain
+
+    return normalise(q, q_gain), normalise(k, k_gain)
+
+
+def _check_qk_norm(answer) -> list[str]:
+    generator = torch.Generator().manual_seed(65)
+    for B, T, C, n_head in [(2, 5, 16, 2), (1, 6, 24, 4), (2, 4, 8, 1)]:
+        with torch.random.fork_rng():  # random weights, without moving the notebook's own random numbers
+            torch.manual_seed(B * 100 + C)
+            config = GPTConfig(vocab_size=1, block_size=T, n_layer=1, n_head=n_head, n_embd=C, norm="rms", qk_norm=True)
+            attention = CausalSelfAttention(config).eval()
+        with torch.no_grad():
+            for norm in (attention.q_norm, attention.k_norm):
+                norm.weight.uniform_(0.5, 1.5, generator=generator)
+            x = torch.randn(B, T, C, generator=generator) * 2
+            raw = attention.qkv(x).view(B, T, 3, n_head, C // n_head).permute(2, 0, 3, 1, 4)
+            expected_q, expected_k, _ = attention._queries_keys_values(x)
+            args = (raw[0].clone(), raw[1].clone(), attention.q_norm.weight.clone(), attention.k_norm.weight.clone())
+            got = answer(*args)
+        if not isinstance(got, (tuple, list)) or len(got) != 2:
+            return [f"qk_norm should return the pair (q, k), got {type(got).__name__}"]
+        what = f"qk_norm for B={B}, T={T}, n_head={n_head}, head_size={C // n_head}"
+        problem = close_problem(f"the queries of {what}", got[0], expected_q) or close_problem(
+            f"the keys of {what}", got[1], expected_k
+        )
+        if problem is None:
+            continue
+        hint = typical_mistake(
+            got[0],
+            (
+                (
+                    lambda *a: _qk_norm_whole_vector(*a)[0],
+                    "you divided by one root mean square over all the heads of a position; each head's query and "
+                    "key get their own, over their head_size numbers",
+                ),
+                (
+                    lambda *a: _qk_norm_over_positions(*a)[0],
+                    "your mean ran down the positions (dim=-2); take it across each vector's head_size numbers, dim=-1",
+                ),
+            ),
+            args,
+            atol=1e-5,
+            rtol=1e-4,
+        )
+        return [f"{hint} ({problem})" if hint else problem]
+    return []
+
+
+register(
+    Exercise(
+        id="06.5",
+        title="QK-norm: queries and keys of one size",
+        check=_check_qk_norm,
+        solution=qk_norm,
+        verified="the same queries and keys as CausalSelfAttention with qk_norm=True, for every head and position",
+    )
+)

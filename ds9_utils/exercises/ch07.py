@@ -1,5 +1,5 @@
-"""Chapter 07's exercises: a block's parameter count, the post-norm block, dropout written by hand, and a
-block's forward with its residual paths."""
+"""Chapter 07's exercises: a block's parameter count, the post-norm block, dropout written by hand, a block's
+forward with its residual paths, and the modern recipe's two changes to the block: RMSNorm and ReLU²."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ds9_utils.exercises import Exercise, close_problem, equal_problem, number_problem, register, typical_mistake
-from ds9_utils.model import Block, GPTConfig
+from ds9_utils.model import Block, FeedForward, GPTConfig, RMSNorm
 
 
 def block_parameters(n_embd: int) -> int:
@@ -185,5 +185,121 @@ register(
         check=_check_block_forward,
         solution=block_forward,
         verified="the same output as ds9_utils.model.Block: x + attn(ln_1(x)), then + ffwd(ln_2(x))",
+    )
+)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    # Divide each vector (the last dimension) by its root mean square, then scale each number by its gain.
+    # No mean is subtracted and no bias added: that is all RMSNorm drops from LayerNorm.
+    rms = torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return x / rms * weight
+
+
+def _rms_norm_centred(x, weight, eps=1e-6):
+    """A typical mistake: subtracting the mean first, which is LayerNorm's step, not RMSNorm's."""
+    centred = x - x.mean(dim=-1, keepdim=True)
+    return rms_norm(centred, weight, eps)
+
+
+def _rms_norm_without_root(x, weight, eps=1e-6):
+    """A typical mistake: dividing by the mean square, without its square root."""
+    return x / (x.pow(2).mean(dim=-1, keepdim=True) + eps) * weight
+
+
+def _check_rms_norm(answer) -> list[str]:
+    generator = torch.Generator().manual_seed(75)
+    for shape in [(4, 16), (2, 5, 32), (3, 8)]:
+        norm = RMSNorm(shape[-1])
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 1.5, generator=generator)
+        x = torch.randn(shape, generator=generator) * 3 + 2  # a mean far from 0, so that centring shows
+        with torch.no_grad():
+            got = answer(x.clone(), norm.weight.detach().clone(), norm.eps)
+            problem = close_problem(f"rms_norm of x with shape {shape}", got, norm(x))
+            if problem is None:
+                continue
+            hint = typical_mistake(
+                got,
+                (
+                    (
+                        _rms_norm_centred,
+                        "you subtracted the mean: that is LayerNorm; RMSNorm only divides by the root mean square",
+                    ),
+                    (_rms_norm_without_root, "you divided by the mean square; take its square root first"),
+                ),
+                (x, norm.weight.detach(), norm.eps),
+                atol=1e-5,
+                rtol=1e-4,
+            )
+        return [f"{hint} ({problem})" if hint else problem]
+    return []
+
+
+register(
+    Exercise(
+        id="07.5",
+        title="RMSNorm: the modern recipe's norm",
+        check=_check_rms_norm,
+        solution=rms_norm,
+        verified="the same output as ds9_utils.model.RMSNorm: x / sqrt(mean(x²) + eps) times the gains",
+    )
+)
+
+
+def relu_squared_feed_forward(x: torch.Tensor, expand: torch.Tensor, project: torch.Tensor) -> torch.Tensor:
+    # Widen (x @ expand.T, as nn.Linear does), then max(0, z)²: negative scores give 0, positive ones their
+    # square, so strong features count for more; then project back to n_embd.
+    hidden = torch.relu(x @ expand.T).square()
+    return hidden @ project.T
+
+
+def _feed_forward_relu(x, expand, project):
+    """A typical mistake: plain ReLU, without the square."""
+    return torch.relu(x @ expand.T) @ project.T
+
+
+def _feed_forward_square_first(x, expand, project):
+    """A typical mistake: squaring before the ReLU, which makes every score positive."""
+    return torch.relu((x @ expand.T).square()) @ project.T
+
+
+def _check_relu_squared_feed_forward(answer) -> list[str]:
+    generator = torch.Generator().manual_seed(76)
+    for n_embd in (8, 16, 32):
+        with torch.random.fork_rng():  # random weights, without moving the notebook's own random numbers
+            torch.manual_seed(n_embd)
+            layer = FeedForward(n_embd, activation="relu2").eval()
+        x = torch.randn(2, 5, n_embd, generator=generator)
+        expand, project = layer.expand.weight.detach(), layer.proj.weight.detach()
+        with torch.no_grad():
+            got = answer(x.clone(), expand.clone(), project.clone())
+            problem = close_problem(f"the feed-forward layer with n_embd={n_embd}", got, layer(x))
+            if problem is None:
+                continue
+            hint = typical_mistake(
+                got,
+                (
+                    (_feed_forward_relu, "that is plain ReLU: square it, relu(z).square()"),
+                    (
+                        _feed_forward_square_first,
+                        "you squared before the ReLU, so negative scores came out positive: relu first, then square",
+                    ),
+                ),
+                (x, expand, project),
+                atol=1e-5,
+                rtol=1e-4,
+            )
+        return [f"{hint} ({problem})" if hint else problem]
+    return []
+
+
+register(
+    Exercise(
+        id="07.6",
+        title="ReLU²: the modern recipe's feed-forward",
+        check=_check_relu_squared_feed_forward,
+        solution=relu_squared_feed_forward,
+        verified="the same output as ds9_utils.model.FeedForward(activation='relu2'): widen, relu(z)², project",
     )
 )

@@ -4,6 +4,7 @@ positions and Muon's Newton-Schulz iteration."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
@@ -84,6 +85,18 @@ def learning_rate_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
 
+def _rate_warming_from_zero(step: int, cfg: TrainConfig) -> float:
+    """A typical mistake: the warm-up starts at 0 (step / warmup_steps), so step 0 takes no step at all."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * step / cfg.warmup_steps
+    return lr_at(step, cfg)
+
+
+def _rate_decaying_to_zero(step: int, cfg: TrainConfig) -> float:
+    """A typical mistake: the cosine goes down to 0 instead of to min_lr."""
+    return lr_at(step, replace(cfg, min_lr=0.0))
+
+
 def _check_learning_rate_at(answer) -> list[str]:
     configs = [
         TrainConfig(max_steps=100, warmup_steps=10, learning_rate=3e-3, min_lr=3e-4),
@@ -91,14 +104,37 @@ def _check_learning_rate_at(answer) -> list[str]:
         TrainConfig(max_steps=7, warmup_steps=3, learning_rate=1e-3, min_lr=0.0),
     ]
     for cfg in configs:
-        for step in range(cfg.max_steps + 3):
+        steps = range(cfg.max_steps + 3)
+        for step in steps:
             what = (
                 f"learning_rate_at({step}, cfg) with warmup_steps={cfg.warmup_steps}, max_steps={cfg.max_steps}, "
                 f"learning_rate={cfg.learning_rate:g}, min_lr={cfg.min_lr:g}"
             )
             problem = number_problem(what, answer(step, cfg), lr_at(step, cfg), rel=1e-6, abs_tol=1e-12)
-            if problem:
+            if problem is None:
+                continue
+            rates = [answer(s, cfg) for s in steps]
+            if not all(isinstance(rate, (int, float)) and not isinstance(rate, bool) for rate in rates):
                 return [problem]
+            rates = torch.tensor(rates, dtype=torch.float64)
+            hint = typical_mistake(
+                rates,
+                (
+                    (
+                        lambda cfg: [_rate_warming_from_zero(s, cfg) for s in range(cfg.max_steps + 3)],
+                        "your warm-up starts at 0; step 0 should already get learning_rate / warmup_steps: "
+                        "learning_rate * (step + 1) / warmup_steps",
+                    ),
+                    (
+                        lambda cfg: [_rate_decaying_to_zero(s, cfg) for s in range(cfg.max_steps + 3)],
+                        "your cosine ends at 0; it should end at min_lr",
+                    ),
+                ),
+                (cfg,),
+                rtol=1e-6,
+                atol=1e-12,
+            )
+            return [f"{hint} ({problem})" if hint else problem]
     return []
 
 

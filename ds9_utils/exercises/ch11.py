@@ -1,4 +1,5 @@
-"""Chapter 11's exercises: what context buys, which characters are hard, how long a copied stretch is."""
+"""Chapter 11's exercises: what context buys, which characters are hard, how long a copied stretch is, and
+the model's surprise at each character, computed from its logits."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import random
 
 import torch
 
-from ds9_utils.evaluate import longest_copied_substring
-from ds9_utils.exercises import Exercise, close_problem, equal_problem, number_problem, register
+from ds9_utils.evaluate import longest_copied_substring, token_losses
+from ds9_utils.exercises import Exercise, close_problem, equal_problem, number_problem, register, typical_mistake
+from ds9_utils.model import GPT, GPTConfig
 
 
 def loss_by_context(losses: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -125,5 +127,67 @@ register(
         check=_check_longest_copy,
         solution=longest_copy,
         verified="the same longest copied stretch as ds9_utils.evaluate.longest_copied_substring",
+    )
+)
+
+
+def surprisal_bits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    # logits: (T, vocab), one row of scores per position; targets: (T,), the character that came next.
+    # The surprise at each position is -log2 of the probability the model gave the character that came.
+    log_probs = torch.log_softmax(logits.double(), dim=-1)  # over the vocabulary, in each row
+    return -log_probs[torch.arange(len(targets)), targets] / math.log(2)  # nats -> bits
+
+
+def _surprisal_in_nats(logits, targets):
+    """A typical mistake: the natural logarithm's nats, not bits."""
+    return surprisal_bits(logits, targets) * math.log(2)
+
+
+def _surprisal_over_positions(logits, targets):
+    """A typical mistake: the softmax taken down the positions (dim=0) instead of across the vocabulary."""
+    log_probs = torch.log_softmax(logits.double(), dim=0)
+    return -log_probs[torch.arange(len(targets)), targets] / math.log(2)
+
+
+def _check_surprisal_bits(answer) -> list[str]:
+    generator = torch.Generator().manual_seed(11)
+    for vocab_size, block_size in [(12, 16), (40, 8), (5, 32)]:
+        with torch.random.fork_rng():  # random weights, without moving the notebook's own random numbers
+            torch.manual_seed(vocab_size + block_size)
+            model = GPT(GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=1, n_head=2, n_embd=16)).eval()
+        tokens = torch.randint(vocab_size, (block_size + 1,), generator=generator)
+        expected = token_losses(model, tokens, block_size).double() / math.log(2)  # the library, in bits
+        with torch.no_grad():
+            logits = model(tokens[None, :-1])[0][0]
+        got = answer(logits.clone(), tokens[1:].clone())
+        what = f"surprisal_bits for {block_size} positions over {vocab_size} characters"
+        problem = close_problem(what, got, expected, atol=1e-4, rtol=1e-4)
+        if problem is None:
+            continue
+        hint = typical_mistake(
+            got,
+            (
+                (_surprisal_in_nats, "these are nats (natural log): divide by ln 2, or use log2, for bits"),
+                (
+                    _surprisal_over_positions,
+                    "your softmax ran down the positions (dim=0); each row's probabilities are over the vocabulary: "
+                    "dim=-1",
+                ),
+            ),
+            (logits, tokens[1:]),
+            atol=1e-4,
+            rtol=1e-4,
+        )
+        return [f"{hint} ({problem})" if hint else problem]
+    return []
+
+
+register(
+    Exercise(
+        id="11.4",
+        title="How surprised was the model?",
+        check=_check_surprisal_bits,
+        solution=surprisal_bits,
+        verified="the same surprise at every position as ds9_utils.evaluate.token_losses, in bits",
     )
 )

@@ -1,12 +1,22 @@
-"""Chapter 12's exercises: two pre-split patterns, merges that cross pieces, bits per character from tokens."""
+"""Chapter 12's exercises: two pre-split patterns, merges that cross pieces, bits per character from tokens,
+and byte-pair encoding built by hand: encoding with learned merges, and training on distinct pieces."""
 
 from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 
 from ds9_utils.exercises import Exercise, equal_problem, number_problem, register
-from ds9_utils.tokenizers import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, BPETokenizer
+from ds9_utils.tokenizers import (
+    GPT2_SPLIT_PATTERN,
+    GPT4_SPLIT_PATTERN,
+    BPETokenizer,
+    count_pairs,
+    learn_bpe_merges,
+    merge_pair,
+    text_bytes,
+)
 
 # A little script to train on: names with apostrophes, numbers, punctuation, words that repeat.
 TRAIN_TEXT = """[Ops]
@@ -119,5 +129,170 @@ register(
         check=_check_bits_per_char_from_loss,
         solution=bits_per_char_from_loss,
         verified="turns nats per token into bits per character with the text's characters per token",
+    )
+)
+
+
+def bpe_encode(text: str, merges: list[tuple[int, int]]) -> list[int]:
+    # Start from the UTF-8 bytes (a character like "é" or "—" is two or three of them), then replay the merges
+    # in the order they were learned: merge i made token 256 + i, and later merges build on earlier ones.
+    ids = list(text.encode("utf-8"))
+    for index, (first, second) in enumerate(merges):
+        merged, i = [], 0
+        while i < len(ids):
+            if i + 1 < len(ids) and ids[i] == first and ids[i + 1] == second:
+                merged.append(256 + index)
+                i += 2
+            else:
+                merged.append(ids[i])
+                i += 1
+        ids = merged
+    return ids
+
+
+def _encode_code_points(text, merges):
+    """A typical mistake: one id per character (ord), not per UTF-8 byte."""
+    ids = [ord(character) for character in text]
+    for index, pair in enumerate(merges):
+        ids = merge_pair(ids, pair, 256 + index)
+    return ids
+
+
+def _encode_most_frequent_first(text, merges):
+    """A typical mistake: merging, each time, the learned pair most frequent in *this* text, not the earliest."""
+    ids = list(text.encode("utf-8"))
+    rank = {pair: index for index, pair in enumerate(merges)}
+    while True:
+        counts = count_pairs(ids)
+        learned = [pair for pair in counts if pair in rank]
+        if not learned:
+            return ids
+        pair = min(learned, key=lambda pair: (-counts[pair], rank[pair]))
+        ids = merge_pair(ids, pair, 256 + rank[pair])
+
+
+# Texts to encode: one the merges were learned on, new ones with the same words, and non-ASCII characters.
+ENCODE_TEXTS = [
+    "QUARK: Welcome to Quark's!",
+    "SISKO: Report, Major. KIRA: Forty-seven ships.",
+    "ODO: Quark's bar is closed — by order of the constable.",
+    "DAX: Benjamin, the café on Bajor serves hasperat.",
+    "O'BRIEN: Julian, it's 0900. They're holding at 1200 kilometres.",
+]
+
+
+def _check_bpe_encode(answer) -> list[str]:
+    tokenizer = BPETokenizer(pattern=None).train(TRAIN_TEXT + "— café on Bajor", 256 + 80)
+    merges = [tuple(pair) for pair in tokenizer.merges]
+    for text in ENCODE_TEXTS:
+        expected = tokenizer.encode(text)
+        got = answer(text, [tuple(pair) for pair in merges])
+        if isinstance(got, tuple):
+            got = list(got)
+        problem = equal_problem(f"bpe_encode({text!r}, the 80 merges)", got, expected)
+        if problem is None:
+            continue
+        for mistake, hint in (
+            (
+                _encode_code_points,
+                "you started from one id per character (ord); BPE starts from the UTF-8 bytes, "
+                "list(text.encode('utf-8')), so 'é' is two tokens before any merge",
+            ),
+            (
+                _encode_most_frequent_first,
+                "you merged the pair most frequent in this text first; replay the merges in the order they were "
+                "learned (merge i makes token 256 + i), as training did",
+            ),
+        ):
+            if got == mistake(text, merges):
+                return [f"{hint} ({problem})"]
+        return [problem]
+    return []
+
+
+register(
+    Exercise(
+        id="12.4",
+        title="Encode with the merges",
+        check=_check_bpe_encode,
+        solution=bpe_encode,
+        verified="the same token ids as BPETokenizer.encode on new text, accents and dashes included",
+    )
+)
+
+
+def train_bpe_from_pieces(piece_counts: dict[bytes, int], num_merges: int) -> list[tuple[int, int]]:
+    # Each distinct piece once, with how often it occurs: a pair inside it counts that many times.
+    words = {piece: list(piece) for piece in piece_counts}
+    merges = []
+    for new_id in range(256, 256 + num_merges):
+        counts: dict[tuple[int, int], int] = {}
+        for piece, ids in words.items():
+            for pair in zip(ids, ids[1:]):
+                counts[pair] = counts.get(pair, 0) + piece_counts[piece]
+        if not counts:  # every piece is one token: nothing left to merge
+            break
+        pair = min(counts, key=lambda pair: (-counts[pair], pair))  # the most frequent (ties: the smallest)
+        words = {piece: merge_pair(ids, pair, new_id) for piece, ids in words.items()}
+        merges.append(pair)
+    return merges
+
+
+def _train_ignoring_counts(piece_counts, num_merges):
+    """A typical mistake: every distinct piece counted once, whatever its count."""
+    return train_bpe_from_pieces(dict.fromkeys(piece_counts, 1), num_merges)
+
+
+def _train_counting_once(piece_counts, num_merges):
+    """A typical mistake: the most frequent pairs of the raw bytes, counted once, never recounted after a merge."""
+    counts: dict[tuple[int, int], int] = {}
+    for piece, count in piece_counts.items():
+        for pair in zip(piece, piece[1:]):
+            counts[pair] = counts.get(pair, 0) + count
+    return sorted(counts, key=lambda pair: (-counts[pair], pair))[:num_merges]
+
+
+def _check_train_bpe_from_pieces(answer) -> list[str]:
+    for name, text in (
+        ("the little script", TRAIN_TEXT),
+        ("the script and the encoding texts", TRAIN_TEXT + "".join(ENCODE_TEXTS)),
+    ):
+        piece_counts = Counter(text_bytes(piece) for piece in re.findall(GPT4_SPLIT_PATTERN, text))
+        for num_merges in (10, 60):
+            expected = learn_bpe_merges(piece_counts, num_merges)
+            got = answer(dict(piece_counts), num_merges)
+            got = [tuple(pair) for pair in got] if isinstance(got, (list, tuple)) else got
+            problem = equal_problem(f"the {num_merges} merges learned from {name}'s pieces", got, expected)
+            if problem is None:
+                continue
+            for mistake, hint in (
+                (
+                    _train_ignoring_counts,
+                    "you counted each distinct piece once; a pair inside a piece occurs as often as the piece: add "
+                    "piece_counts[piece] for it, not 1",
+                ),
+                (
+                    _train_counting_once,
+                    "you took the most frequent pairs of one count of the raw bytes; count again after every merge, "
+                    "since each merge makes new pairs (with the new token) and removes old ones",
+                ),
+            ):
+                if got == mistake(piece_counts, num_merges):
+                    return [f"{hint} ({problem})"]
+            if isinstance(got, list) and len(got) == len(expected):
+                first = next(i for i, (g, e) in enumerate(zip(got, expected)) if g != e)
+                wrong = f"merge {first} (token {256 + first}) should be {expected[first]}, yours is {got[first]}"
+                return [f"{wrong} ({problem})"]
+            return [problem]
+    return []
+
+
+register(
+    Exercise(
+        id="12.5",
+        title="Train on distinct pieces, with their counts",
+        check=_check_train_bpe_from_pieces,
+        solution=train_bpe_from_pieces,
+        verified="the same merges as ds9_utils.tokenizers.learn_bpe_merges (and so BPETokenizer.train), in order",
     )
 )

@@ -117,15 +117,22 @@ def accumulated_gradients(model, xb: torch.Tensor, yb: torch.Tensor, micro_batch
     return [parameter.grad.clone() for parameter in model.parameters()]
 
 
+def _flat(gradients) -> torch.Tensor:
+    return torch.cat([gradient.detach().reshape(-1).double() for gradient in gradients])
+
+
 def _check_accumulated_gradients(answer) -> list[str]:
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16))
-    xb, yb = torch.randint(20, (16, 8)), torch.randint(20, (16, 8))
+    with torch.random.fork_rng():  # random weights and data, without moving the notebook's own random numbers
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16))
+        xb, yb = torch.randint(20, (16, 8)), torch.randint(20, (16, 8))
     model.zero_grad()
     model(xb, yb)[1].backward()
     whole_batch = [parameter.grad.clone() for parameter in model.parameters()]
     for micro_batches in (4, 2):
+        model.zero_grad()
         model(xb[:2], yb[:2])[1].backward()  # leave stale gradients behind, as a previous step would
+        stale = [parameter.grad.clone() for parameter in model.parameters()]
         got = answer(model, xb, yb, micro_batches)
         if not isinstance(got, (list, tuple)) or len(got) != len(whole_batch):
             return [
@@ -136,8 +143,19 @@ def _check_accumulated_gradients(answer) -> list[str]:
             problem = close_problem(
                 f"with {micro_batches} micro-batches, the gradient of {name}", gradient, expected, atol=1e-6, rtol=1e-4
             )
-            if problem:
-                return [problem + " (zero the old gradients first, and divide each micro-batch's loss)"]
+            if problem is None:
+                continue
+            if all(isinstance(gradient, torch.Tensor) for gradient in got):
+                mistakes = {
+                    "you added each micro-batch's loss whole: divide it by the number of micro-batches, so that the "
+                    "sum is the whole batch's mean": _flat(whole_batch) * micro_batches,
+                    "the previous step's gradients were still in .grad: call model.zero_grad() before the first "
+                    "micro-batch": _flat(whole_batch) + _flat(stale),
+                }
+                for hint, wrong in mistakes.items():
+                    if _flat(got).shape == wrong.shape and torch.allclose(_flat(got), wrong, atol=1e-6, rtol=1e-4):
+                        return [f"{hint} ({problem})"]
+            return [problem]
     return []
 
 
