@@ -485,3 +485,35 @@ def test_the_qk_norm_exercise_names_the_typical_mistakes():
     assert "your mean ran down the positions" in _verdict("06.5", ch06._qk_norm_over_positions)
     assert "is off at index" in _verdict("06.5", lambda q, k, q_gain, k_gain: (q, k))
     assert "should return the pair (q, k)" in _verdict("06.5", lambda q, k, q_gain, k_gain: q)
+
+
+def test_the_zero_init_and_untied_head_exercises_name_the_typical_mistakes():
+    from ds9_utils.exercises import ch08
+
+    def every_linear(model):
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, nn.Linear):
+                    module.weight.zero_()
+        return model
+
+    def attention_only(model):
+        with torch.no_grad():
+            for block in model.blocks:
+                block.attn.proj.weight.zero_()
+        return model
+
+    assert "nothing flows through the block" in _verdict("08.5", every_linear)
+    assert "these still start random: blocks.0.ffwd.proj.weight" in _verdict("08.5", attention_only)
+
+    def still_tied(model):
+        model.lm_head.weight = model.token_embedding.weight
+        return model
+
+    def shares_memory(model):
+        model.lm_head.weight = nn.Parameter(model.token_embedding.weight)
+        return model
+
+    assert "still one Parameter" in _verdict("08.6", still_tied)
+    assert "clone() the values" in _verdict("08.6", shares_memory)
+    assert "starting values" in _verdict("08.6", lambda model: ch08.untie_head(every_linear(model)))

@@ -1,11 +1,14 @@
-"""Chapter 08's exercises: positions as rotations, reading past the window, what depth and positions cost, and
-the sinusoidal position table built by hand."""
+"""Chapter 08's exercises: positions as rotations, reading past the window, what depth and positions cost, the
+sinusoidal position table built by hand, and two of the modern recipe's changes to the whole GPT: projections
+that start at zero, and a head with its own matrix."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
+from torch import nn
 
 from ds9_utils.exercises import Exercise, close_problem, equal_problem, register, typical_mistake
 from ds9_utils.model import GPT, GPTConfig, sinusoidal_positions
@@ -201,5 +204,121 @@ register(
         check=_check_sinusoidal_table,
         solution=sinusoidal_table,
         verified="the same table as ds9_utils.model.sinusoidal_positions, row by row and pair by pair",
+    )
+)
+
+
+def zero_init_residual_writes(model: GPT) -> GPT:
+    # The weights that write into the residual stream: each block's attention projection and feed-forward
+    # projection, and (when it has its own matrix) the output head. Start them at zero: every block begins as
+    # the identity (x + 0) and the first prediction is uniform; the gradient still reaches them, since their
+    # inputs are not zero, so they grow from nothing.
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.proj.weight.zero_()
+            block.ffwd.proj.weight.zero_()
+        if model.lm_head.weight is not model.token_embedding.weight:
+            model.lm_head.weight.zero_()
+    return model
+
+
+def _names(names: set[str]) -> str:
+    """Up to three parameter names, and how many more."""
+    ordered = sorted(names)
+    more = f" and {len(ordered) - 3} more" if len(ordered) > 3 else ""
+    return ", ".join(ordered[:3]) + more
+
+
+def _zeroed(model: GPT) -> set[str]:
+    """The names of the parameters that are all zero."""
+    return {name for name, parameter in model.named_parameters() if not parameter.detach().any()}
+
+
+def _check_zero_init(answer) -> list[str]:
+    for tie in (False, True):
+        config = GPTConfig(vocab_size=30, block_size=8, n_layer=3, n_head=2, n_embd=16, tie_embeddings=tie)
+        with torch.random.fork_rng():  # random weights, without moving the notebook's own random numbers
+            torch.manual_seed(8)
+            model, library = GPT(config), GPT(replace(config, zero_init=True))
+        before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+        got = answer(model)
+        if got is not model:
+            return ["zero_init_residual_writes should change the model in place and return it"]
+        expected, zeroed = _zeroed(library), _zeroed(model)
+        what = f"with {'a tied' if tie else 'an untied'} head"
+        if zeroed - expected:
+            extra = sorted(zeroed - expected)
+            reason = (
+                "the token table is also the input: zeroing it makes every token look the same"
+                if "token_embedding.weight" in extra
+                else "with these at zero, nothing flows through the block and their gradients are zero too: "
+                "zero only the weights that write into the residual stream (the projections and the head)"
+            )
+            return [f"{what}, you zeroed {_names(set(extra))}: {reason}"]
+        if expected - zeroed:
+            return [f"{what}, these still start random: {_names(expected - zeroed)}"]
+        for name, parameter in model.named_parameters():
+            if name not in expected and not torch.equal(parameter.detach(), before[name]):
+                return [f"{what}, {name} changed; leave every other weight as it was"]
+    return []
+
+
+register(
+    Exercise(
+        id="08.5",
+        title="Start every block as the identity",
+        check=_check_zero_init,
+        solution=zero_init_residual_writes,
+        verified="zeroes the same weights as GPTConfig(zero_init=True), and nothing else, tied head or not",
+    )
+)
+
+
+def untie_head(model: GPT) -> GPT:
+    # A tied GPT reads tokens in and scores them out with one matrix. Give the head a matrix of its own: a new
+    # Parameter holding a *copy* (clone) of the shared values, so that the two start equal and then learn apart.
+    model.lm_head.weight = nn.Parameter(model.token_embedding.weight.detach().clone())
+    return model
+
+
+def _check_untie_head(answer) -> list[str]:
+    config = GPTConfig(vocab_size=30, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    with torch.random.fork_rng():
+        torch.manual_seed(8)
+        model = GPT(config)
+    shared = model.token_embedding.weight.detach().clone()
+    got = answer(model)
+    if got is not model:
+        return ["untie_head should change the model in place and return it"]
+    head, table = model.lm_head.weight, model.token_embedding.weight
+    if head is table:
+        return ["the head and the token table are still one Parameter: give lm_head a new nn.Parameter"]
+    if not isinstance(head, nn.Parameter):
+        return [f"lm_head.weight should be an nn.Parameter, got {type(head).__name__}"]
+    if head.data_ptr() == table.data_ptr():
+        return [
+            "the new Parameter shares its memory with the token table, so they would still change together: "
+            "clone() the values"
+        ]
+    found = [
+        close_problem("the new head's starting values (a copy of the shared matrix)", head, shared),
+        close_problem("the token table after untying", table, shared),
+        equal_problem(
+            "the parameter count after untying (that of GPTConfig(tie_embeddings=False))",
+            sum(parameter.numel() for parameter in model.parameters()),
+            sum(parameter.numel() for parameter in GPT(replace(config, tie_embeddings=False)).parameters()),
+        ),
+    ]
+    return [problem for problem in found if problem]
+
+
+register(
+    Exercise(
+        id="08.6",
+        title="Give the head its own matrix",
+        check=_check_untie_head,
+        solution=untie_head,
+        verified="the head is a Parameter of its own, starting as a copy of the token table, with as many "
+        "parameters as GPTConfig(tie_embeddings=False)",
     )
 )
