@@ -46,7 +46,9 @@ from .parse import decode_page, parse_episode, parse_index
 from .progress import progress_bar
 from .settings import pages_dir  # the data folder's layout is decided in settings
 
-USER_AGENT = f"ds9-lets-build-an-llm/{__version__} (educational course; polite single-threaded downloader)"
+USER_AGENT = (
+    f"ds9-llm-from-zero/{__version__} (+{settings.COURSE_URL}; educational course; polite single-threaded downloader)"
+)
 INDEX_PAGE = "episodes.htm"
 PAGE_NAME = re.compile(r"^\d{3}\.htm$")
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}

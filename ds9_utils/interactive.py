@@ -18,7 +18,7 @@ import torch
 
 from .corpus import SCENE_SEPARATOR
 from .generate import generate_text, stop_at_text
-from .plots import plot_attention
+from .plots import figure_description, image_output, plot_attention
 from .settings import in_notebook
 from .tokenizers import Tokenizer
 
@@ -41,18 +41,18 @@ def _show(rendering, handle=None):
             print(rendering)
         return None
     import matplotlib.pyplot as plt
-    from IPython.display import Image, Pretty, display
+    from IPython.display import display
 
     if isinstance(rendering, str):
-        shown = Pretty(rendering)
+        shown = {"text/plain": rendering}
     else:
         png = io.BytesIO()
         rendering.savefig(png, format="png", bbox_inches="tight")
+        shown = image_output(png.getvalue(), figure_description(rendering))
         plt.close(rendering)
-        shown = Image(data=png.getvalue(), format="png")
     if handle is None:
-        return display(shown, display_id=True)
-    handle.update(shown)
+        return display(shown, raw=True, display_id=True)
+    handle.update(shown, raw=True)
     return handle
 
 

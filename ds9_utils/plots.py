@@ -11,6 +11,7 @@ as ``·`` and a tab as ``→`` (see ``token_label``).
 
 from __future__ import annotations
 
+import base64
 import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -284,6 +285,24 @@ def loss_curve_png(history: dict[str, list]) -> bytes:
     return buffer.getvalue()
 
 
+def image_output(png: bytes, description: str) -> dict[str, str]:
+    """A PNG as a notebook output bundle whose text form says what the figure shows.
+
+    ``display(bundle, raw=True)`` shows the image where images can be drawn; a text renderer (a terminal,
+    nbval, GitHub's plain view of an output) shows ``[figure: description]`` instead of
+    ``<IPython.core.display.Image object>``."""
+    return {"image/png": base64.b64encode(png).decode("ascii"), "text/plain": f"[figure: {description}]"}
+
+
+def figure_description(figure) -> str:
+    """What a matplotlib figure shows, in words, for its text form: its axes' titles, else their labels."""
+    titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
+    if titles:
+        return "; ".join(titles)
+    labels = [f"{ax.get_ylabel()} against {ax.get_xlabel()}" for ax in figure.axes if ax.get_xlabel()]
+    return "; ".join(labels) or "a figure"
+
+
 class LiveLossPlot:
     """Redraws the loss curves in place under a notebook cell; does nothing outside Jupyter."""
 
@@ -291,12 +310,18 @@ class LiveLossPlot:
         self.handle = None
         if not in_notebook():  # a plain script or terminal IPython
             return
-        from IPython.display import Markdown, display
+        from IPython.display import display
 
-        self.handle = display(Markdown("*the loss curves appear after the first evaluation*"), display_id=True)
+        waiting = "the loss curves appear after the first evaluation"
+        self.handle = display({"text/markdown": f"*{waiting}*", "text/plain": waiting}, raw=True, display_id=True)
 
     def update(self, history: dict[str, list]) -> None:
         if self.handle is not None:
-            from IPython.display import Image
-
-            self.handle.update(Image(data=loss_curve_png(history), format="png"))
+            latest = (
+                f"validation {history['val_loss'][-1]:.3f} nats = {bits_per_char(history['val_loss'][-1]):.3f} bits "
+                "per character"
+                if history["val_loss"]
+                else "no evaluation yet"
+            )
+            description = f"loss curves to step {history['steps'][-1] if history['steps'] else 0}, {latest}"
+            self.handle.update(image_output(loss_curve_png(history), description), raw=True)

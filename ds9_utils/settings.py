@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 DEFAULT_BASE_URL = "http://www.chakoteya.net/"
+#: The course's home: named in the downloader's User-Agent, so that the site's owner can see who asks.
+COURSE_URL = "https://github.com/louiscollinsjr/ds9-llm-from-zero"
 #: The resolution of every figure a notebook shows and saves: sharp at GitHub's page width (100 is blurry).
 FIGURE_DPI = 150
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

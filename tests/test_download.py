@@ -114,7 +114,8 @@ def test_polite_delay_between_requests(faulty_site, tmp_path):
 def test_requests_name_the_project(faulty_site, tmp_path):
     url, _, _, user_agents = faulty_site
     download_transcripts(url, tmp_path, FAST, progress=False)
-    assert user_agents and all(agent.startswith("ds9-lets-build-an-llm/") for agent in user_agents)
+    assert user_agents and all(agent.startswith("ds9-llm-from-zero/") for agent in user_agents)
+    assert all("(+https://github.com/louiscollinsjr/ds9-llm-from-zero;" in agent for agent in user_agents)
 
 
 def test_unreachable_site_says_how_to_point_elsewhere(tmp_path):

@@ -147,4 +147,6 @@ def test_in_a_kernel_the_explorers_show_a_static_output_then_their_controls(tmp_
         assert "VBox" not in controls["text/plain"]
     assert "temperature 0.8 · top-k (0: off) 0" in notebook.cells[1].outputs[1].data["text/plain"]
     assert "head layer 1 · head 0" in notebook.cells[2].outputs[1].data["text/plain"]
+    figure_text = notebook.cells[2].outputs[0].data["text/plain"]
+    assert figure_text.startswith("[figure: ") and "layer" in figure_text, figure_text
     assert notebook.cells[1].outputs[0].data["text/plain"].startswith("temperature 0.8 · top-k off · top-p off")

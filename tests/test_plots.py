@@ -156,3 +156,30 @@ def test_plot_matrix_centered_scale_is_symmetric_around_zero():
     assert ax.images[0].get_clim() == (-2.0, 2.0)
     with pytest.raises(ValueError, match="2-D"):
         plot_matrix(np.zeros(3))
+
+
+def test_in_a_kernel_the_live_loss_plot_saves_a_text_form(tmp_path, monkeypatch):
+    """GitHub's text view, nbval and a terminal read the saved curves as words, not as an Image object's repr."""
+    nbclient = pytest.importorskip("nbclient")
+    import os
+
+    import nbformat
+
+    from ds9_utils.settings import PROJECT_ROOT
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])))
+    source = (
+        "from ds9_utils.plots import LiveLossPlot\n"
+        "plot = LiveLossPlot()\n"
+        "plot.update({'steps': [0, 10], 'train_loss': [4.0, 2.0], 'val_loss': [4.1, 2.5], 'lr': [0.0, 1e-3]})"
+    )
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+    nbclient.NotebookClient(
+        notebook, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    outputs = [output for output in notebook.cells[0].outputs if output.output_type == "display_data"]
+    assert len(outputs) == 1, notebook.cells[0].outputs
+    assert "image/png" in outputs[0].data
+    assert outputs[0].data["text/plain"] == (
+        "[figure: loss curves to step 10, validation 2.500 nats = 3.607 bits per character]"
+    )

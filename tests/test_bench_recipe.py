@@ -1,0 +1,35 @@
+"""The recipe benchmark's results file: an interrupted table resumes from the runs already on disk, and only
+runs of the same text, budget and machine are reused."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_recipe.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_recipe", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_resume_only_this_text_budget_and_machine(tmp_path):
+    bench = _bench()
+    here = bench.machine()
+    assert here["processor"] and here["threads"] >= 1 and here["precision"] in ("fp32", "bf16")
+    path = tmp_path / "runs.jsonl"
+    ours = {"text": "DS9", "seconds": 120.0, "variant": "muon", "seed": 0, "held_out_nats": 1.3, "machine": here}
+    bench.append_result(path, ours)
+    bench.append_result(path, {**ours, "seconds": 540.0})
+    bench.append_result(path, {**ours, "text": "shakespeare.txt"})
+    bench.append_result(path, {**ours, "machine": {**here, "processor": "another processor"}})
+    with open(path, "a", encoding="utf-8") as results:
+        results.write(json.dumps({**ours, "seed": 1})[:40])  # a line cut short by an interruption
+    assert bench.load_results(path, "DS9", 120.0, here) == [ours]
+    assert bench.load_results(tmp_path / "missing.jsonl", "DS9", 120.0, here) == []
+    bench.append_result(path, {**ours, "seed": 2})  # after the cut line: still one run per line
+    assert [run["seed"] for run in bench.load_results(path, "DS9", 120.0, here)] == [0, 2]
