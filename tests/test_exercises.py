@@ -517,3 +517,18 @@ def test_the_zero_init_and_untied_head_exercises_name_the_typical_mistakes():
     assert "still one Parameter" in _verdict("08.6", still_tied)
     assert "clone() the values" in _verdict("08.6", shares_memory)
     assert "starting values" in _verdict("08.6", lambda model: ch08.untie_head(every_linear(model)))
+
+
+def test_the_masked_attention_exercise_names_the_typical_mistakes():
+    from ds9_utils.exercises import ch05
+
+    assert "you masked after the softmax" in _verdict("05.2", ch05._weights_masked_after_softmax)
+    assert "exp(0) = 1 still gives them weight" in _verdict("05.2", ch05._weights_masked_with_zero)
+
+
+def test_the_temperature_top_k_exercise_names_the_typical_mistakes():
+    from ds9_utils.exercises import ch10
+
+    assert "after the softmax, so the row no longer sums to 1" in _verdict("10.6", ch10._top_k_after_softmax)
+    assert "divide them by it" in _verdict("10.6", ch10._temperature_multiplied)
+    assert "is off at index" in _verdict("10.6", lambda logits, temperature, top_k: torch.softmax(logits, dim=-1))

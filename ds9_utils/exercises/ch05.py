@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ds9_utils.exercises import Exercise, close_problem, equal_problem, register
+from ds9_utils.exercises import Exercise, close_problem, equal_problem, register, typical_mistake
 from ds9_utils.model import Head
 
 
@@ -95,16 +95,49 @@ def _largest_weights() -> None:
     plt.show()
 
 
+def _weights_masked_after_softmax(q, k, scaled):
+    """A typical mistake: the softmax over every position, then the future set to 0 (rows no longer sum to 1)."""
+    scores = q @ k.transpose(-2, -1) / (math.sqrt(k.size(-1)) if scaled else 1.0)
+    T = q.size(-2)
+    return F.softmax(scores, dim=-1).masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), 0.0)
+
+
+def _weights_masked_with_zero(q, k, scaled):
+    """A typical mistake: the future's scores set to 0 instead of -inf, so exp(0) = 1 still gives them weight."""
+    scores = q @ k.transpose(-2, -1) / (math.sqrt(k.size(-1)) if scaled else 1.0)
+    T = q.size(-2)
+    return F.softmax(scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), 0.0), dim=-1)
+
+
 def _check_causal_attention_weights(answer) -> list[str]:
     generator = torch.Generator().manual_seed(0)
     for d in (4, 64):
         q, k = torch.randn(3, 5, d, generator=generator), torch.randn(3, 5, d, generator=generator)
         for scaled in (True, False):
             expected = causal_attention_weights(q, k, scaled)
-            if problem := close_problem(
-                f"causal_attention_weights(q, k, scaled={scaled}) with d={d}", answer(q, k, scaled), expected
-            ):
-                return [problem]
+            got = answer(q, k, scaled)
+            problem = close_problem(f"causal_attention_weights(q, k, scaled={scaled}) with d={d}", got, expected)
+            if problem is None:
+                continue
+            hint = typical_mistake(
+                got,
+                (
+                    (
+                        _weights_masked_after_softmax,
+                        "you masked after the softmax, so each row no longer sums to 1: fill the future's scores "
+                        "with -inf before it",
+                    ),
+                    (
+                        _weights_masked_with_zero,
+                        "you filled the future's scores with 0, and exp(0) = 1 still gives them weight: fill them "
+                        "with -inf",
+                    ),
+                ),
+                (q, k, scaled),
+                atol=1e-5,
+                rtol=1e-4,
+            )
+            return [f"{hint} ({problem})" if hint else problem]
     return []
 
 

@@ -1,5 +1,5 @@
 """Chapter 10's exercises: min-p sampling, sampling in batches, the period of a greedy loop, top-p (nucleus)
-filtering, one step of attention with a KV cache."""
+filtering, one step of attention with a KV cache, and temperature with top-k written by hand."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import torch
 
 from ds9_utils.exercises import Exercise, close_problem, equal_problem, register, typical_mistake
-from ds9_utils.generate import generate
+from ds9_utils.generate import generate, next_token_distribution
 from ds9_utils.model import GPT, GPTConfig
 
 
@@ -284,5 +284,63 @@ register(
         check=_check_cached_attention_step,
         solution=cached_attention_step,
         verified="position by position, the same outputs as causal attention over the whole sequence at once",
+    )
+)
+
+
+def temperature_top_k(logits: torch.Tensor, temperature: float, top_k: int) -> torch.Tensor:
+    # Divide the scores by the temperature first (below 1 sharpens, above 1 flattens), then keep the k highest
+    # scores of each row (ties with the k-th stay) by setting the others to -inf, so that softmax gives them 0.
+    logits = logits / temperature
+    kth_largest = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+    return torch.softmax(logits.masked_fill(logits < kth_largest, float("-inf")), dim=-1)
+
+
+def _top_k_after_softmax(logits, temperature, top_k):
+    """A typical mistake: softmax first, then zero all but the k largest, without renormalising."""
+    probs = torch.softmax(logits / temperature, dim=-1)
+    kth_largest = torch.topk(probs, top_k, dim=-1).values[..., -1:]
+    return probs.masked_fill(probs < kth_largest, 0.0)
+
+
+def _temperature_multiplied(logits, temperature, top_k):
+    """A typical mistake: multiplying the scores by the temperature instead of dividing."""
+    return temperature_top_k(logits * temperature**2, temperature, top_k)
+
+
+def _check_temperature_top_k(answer) -> list[str]:
+    generator = torch.Generator().manual_seed(106)
+    logits = torch.randn(3, 40, generator=generator) * 2
+    for temperature, top_k in [(0.5, 5), (1.0, 1), (2.0, 12), (0.8, 40)]:
+        expected = next_token_distribution(logits, temperature=temperature, top_k=top_k)
+        got = answer(logits.clone(), temperature, top_k)
+        problem = close_problem(f"temperature_top_k(3 rows of 40 scores, {temperature}, {top_k})", got, expected)
+        if problem is None:
+            continue
+        hint = typical_mistake(
+            got,
+            (
+                (
+                    _top_k_after_softmax,
+                    "you zeroed the tokens outside the top k after the softmax, so the row no longer sums to 1: set "
+                    "their scores to -inf before it (or divide by what is left)",
+                ),
+                (_temperature_multiplied, "you multiplied the scores by the temperature; divide them by it"),
+            ),
+            (logits, temperature, top_k),
+            atol=1e-6,
+            rtol=1e-5,
+        )
+        return [f"{hint} ({problem})" if hint else problem]
+    return []
+
+
+register(
+    Exercise(
+        id="10.6",
+        title="Temperature and top-k, by hand",
+        check=_check_temperature_top_k,
+        solution=temperature_top_k,
+        verified="the same probabilities as ds9_utils.generate.next_token_distribution for every temperature and k",
     )
 )
