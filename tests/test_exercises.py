@@ -532,3 +532,23 @@ def test_the_temperature_top_k_exercise_names_the_typical_mistakes():
     assert "after the softmax, so the row no longer sums to 1" in _verdict("10.6", ch10._top_k_after_softmax)
     assert "divide them by it" in _verdict("10.6", ch10._temperature_multiplied)
     assert "is off at index" in _verdict("10.6", lambda logits, temperature, top_k: torch.softmax(logits, dim=-1))
+
+
+def test_the_readme_lists_every_build_it_exercise_by_chapter():
+    """The README's "Build it yourself" table is the registry's list: a new mechanism exercise shows up there."""
+    from collections import defaultdict
+
+    from ds9_utils.exercises import build_it_exercises
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Build it yourself", 1)[1].split("\n## ", 1)[0]
+    listed = {
+        row.split("|")[1].strip(): row.split("|")[2].strip()
+        for row in section.splitlines()
+        if re.match(r"\| \d\d \|", row)
+    }
+    expected = defaultdict(list)
+    for exercise_id, exercise in build_it_exercises().items():
+        expected[exercise_id[:2]].append(f"{exercise.builds} ({exercise_id})")
+    assert listed == {chapter: "; ".join(items) for chapter, items in expected.items()}
+    assert set(listed) >= {f"{chapter:02d}" for chapter in range(3, 16)}, "every chapter from 03 to 15 has one"

@@ -31,6 +31,7 @@ __all__ = [
     "Exercise",
     "SolutionView",
     "all_exercises",
+    "build_it_exercises",
     "check",
     "close_problem",
     "equal_problem",
@@ -49,7 +50,9 @@ class Exercise:
     way the learner's should be), or a ``"value"`` (``solution`` is a function of no arguments that computes
     it, so that its source shows how). ``verified`` says, for the success line, what a passing check proved.
     ``demo``, when set, is what ``solution(id).run()`` does instead of returning the answer (draw the plot
-    the exercise is about, say).
+    the exercise is about, say). ``builds`` names the mechanism when the learner writes one of the course's
+    own (its check compares the answer with ``ds9_utils`` and names the typical mistakes); the README lists
+    these build-it exercises chapter by chapter.
     """
 
     id: str
@@ -59,6 +62,7 @@ class Exercise:
     expects: Literal["function", "value"] = "function"
     verified: str = ""
     demo: Callable[[], Any] | None = None
+    builds: str = ""
 
     def reference(self) -> Any:
         """The reference answer, in the form the learner hands to ``check``."""
@@ -92,6 +96,11 @@ def _exercise(exercise_id: str) -> Exercise:
         known = ", ".join(all_exercises())
         raise KeyError(f"there is no exercise {exercise_id!r}; the exercises are {known}")
     return _REGISTRY[exercise_id]
+
+
+def build_it_exercises() -> dict[str, Exercise]:
+    """The exercises in which the learner writes one of the course's mechanisms, by id in order."""
+    return {exercise_id: exercise for exercise_id, exercise in all_exercises().items() if exercise.builds}
 
 
 def all_exercises() -> dict[str, Exercise]:

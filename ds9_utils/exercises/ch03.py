@@ -174,6 +174,7 @@ register(
     Exercise(
         id="03.4",
         title="The bigram table, from the characters",
+        builds="the bigram table from the characters",
         check=_check_bigram_table,
         solution=bigram_table,
         verified="the same next-character probabilities as ds9_utils.ngram.NGramModel(2, ..., smoothing=k)",

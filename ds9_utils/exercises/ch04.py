@@ -184,6 +184,7 @@ register(
     Exercise(
         id="04.4",
         title="One step of backoff",
+        builds="one step of Witten-Bell backoff",
         check=_check_witten_bell,
         solution=witten_bell,
         verified="the same distribution as NGramModel(2, ..., smoothing='backoff') after seen and unseen contexts",

@@ -145,6 +145,7 @@ register(
     Exercise(
         id="05.2",
         title="How peaked is an unscaled softmax?",
+        builds="a masked (causal) attention head's weights",
         check=_check_causal_attention_weights,
         solution=causal_attention_weights,
         verified="matches the causal softmax of QKᵀ, scaled and unscaled, for head sizes 4 and 64",
@@ -243,6 +244,7 @@ register(
     Exercise(
         id="05.4",
         title="Build the batches",
+        builds="get_batch",
         check=_check_get_batch,
         solution=get_batch,
         verified="the same windows and targets as ds9_utils.train.get_batch for the same seed, up to the last window",

@@ -190,6 +190,7 @@ register(
     Exercise(
         id="06.4",
         title="Split the heads, attend, merge them",
+        builds="splitting and merging heads",
         check=_check_attend_all_heads,
         solution=attend_all_heads,
         verified="the same output as ds9_utils.model.CausalSelfAttention for 1 to 4 heads, every position",
@@ -277,6 +278,7 @@ register(
     Exercise(
         id="06.5",
         title="QK-norm: queries and keys of one size",
+        builds="QK-norm",
         check=_check_qk_norm,
         solution=qk_norm,
         verified="the same queries and keys as CausalSelfAttention with qk_norm=True, for every head and position",

@@ -182,6 +182,7 @@ register(
     Exercise(
         id="07.4",
         title="A block's forward, with its residual paths",
+        builds="a block's forward with its residual paths",
         check=_check_block_forward,
         solution=block_forward,
         verified="the same output as ds9_utils.model.Block: x + attn(ln_1(x)), then + ffwd(ln_2(x))",
@@ -240,6 +241,7 @@ register(
     Exercise(
         id="07.5",
         title="RMSNorm: the modern recipe's norm",
+        builds="RMSNorm",
         check=_check_rms_norm,
         solution=rms_norm,
         verified="the same output as ds9_utils.model.RMSNorm: x / sqrt(mean(x²) + eps) times the gains",
@@ -298,6 +300,7 @@ register(
     Exercise(
         id="07.6",
         title="ReLU²: the modern recipe's feed-forward",
+        builds="the ReLU² feed-forward layer",
         check=_check_relu_squared_feed_forward,
         solution=relu_squared_feed_forward,
         verified="the same output as ds9_utils.model.FeedForward(activation='relu2'): widen, relu(z)², project",

@@ -201,6 +201,7 @@ register(
     Exercise(
         id="08.4",
         title="The sinusoidal position table",
+        builds="the sinusoidal position table",
         check=_check_sinusoidal_table,
         solution=sinusoidal_table,
         verified="the same table as ds9_utils.model.sinusoidal_positions, row by row and pair by pair",
@@ -267,6 +268,7 @@ register(
     Exercise(
         id="08.5",
         title="Start every block as the identity",
+        builds="zero-initialised projections",
         check=_check_zero_init,
         solution=zero_init_residual_writes,
         verified="zeroes the same weights as GPTConfig(zero_init=True), and nothing else, tied head or not",
@@ -316,6 +318,7 @@ register(
     Exercise(
         id="08.6",
         title="Give the head its own matrix",
+        builds="an untied output head",
         check=_check_untie_head,
         solution=untie_head,
         verified="the head is a Parameter of its own, starting as a copy of the token table, with as many "

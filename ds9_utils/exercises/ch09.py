@@ -142,6 +142,7 @@ register(
     Exercise(
         id="09.2",
         title="The schedule: warm-up, then cosine decay",
+        builds="the learning-rate schedule",
         check=_check_learning_rate_at,
         solution=learning_rate_at,
         verified="the same learning rate as ds9_utils.train.lr_at at every step, with and without warm-up",
@@ -251,6 +252,7 @@ register(
     Exercise(
         id="09.4",
         title="Rotary positions",
+        builds="rotary positions",
         check=_check_rotate,
         solution=rotate,
         verified="the same turned queries and keys as ds9_utils.model.rotate, at every position and pair",
@@ -296,6 +298,7 @@ register(
     Exercise(
         id="09.5",
         title="Newton-Schulz: Muon's orthogonalisation",
+        builds="Muon's Newton-Schulz orthogonalisation",
         check=_check_orthogonalize,
         solution=orthogonalize,
         verified="the same nearly orthogonal matrix as ds9_utils.optim.orthogonalize, wide, square and tall",

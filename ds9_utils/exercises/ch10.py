@@ -199,6 +199,7 @@ register(
     Exercise(
         id="10.4",
         title="Top-p, by hand",
+        builds="top-p sampling",
         check=_check_top_p_filter,
         solution=top_p_filter,
         verified="the same nucleus as ds9_utils.generate.next_token_distribution(top_p=...), row by row, renormalised",
@@ -281,6 +282,7 @@ register(
     Exercise(
         id="10.5",
         title="One step with a KV cache",
+        builds="a KV-cache decode step",
         check=_check_cached_attention_step,
         solution=cached_attention_step,
         verified="position by position, the same outputs as causal attention over the whole sequence at once",
@@ -339,6 +341,7 @@ register(
     Exercise(
         id="10.6",
         title="Temperature and top-k, by hand",
+        builds="temperature and top-k sampling",
         check=_check_temperature_top_k,
         solution=temperature_top_k,
         verified="the same probabilities as ds9_utils.generate.next_token_distribution for every temperature and k",

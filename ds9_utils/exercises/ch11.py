@@ -186,6 +186,7 @@ register(
     Exercise(
         id="11.4",
         title="How surprised was the model?",
+        builds="the surprise (bits) at every character",
         check=_check_surprisal_bits,
         solution=surprisal_bits,
         verified="the same surprise at every position as ds9_utils.evaluate.token_losses, in bits",

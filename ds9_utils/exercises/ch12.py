@@ -214,6 +214,7 @@ register(
     Exercise(
         id="12.4",
         title="Encode with the merges",
+        builds="BPE encoding",
         check=_check_bpe_encode,
         solution=bpe_encode,
         verified="the same token ids as BPETokenizer.encode on new text, accents and dashes included",
@@ -291,6 +292,7 @@ register(
     Exercise(
         id="12.5",
         title="Train on distinct pieces, with their counts",
+        builds="BPE training",
         check=_check_train_bpe_from_pieces,
         solution=train_bpe_from_pieces,
         verified="the same merges as ds9_utils.tokenizers.learn_bpe_merges (and so BPETokenizer.train), in order",

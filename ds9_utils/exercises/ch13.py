@@ -223,6 +223,7 @@ register(
     Exercise(
         id="13.4",
         title="A LoRA layer, by hand",
+        builds="a LoRA linear layer",
         check=_check_lora_forward,
         solution=lora_forward,
         verified="the same outputs as ds9_utils.finetune.LoRALinear with trained-looking adapters, for three shapes",

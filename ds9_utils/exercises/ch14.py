@@ -199,6 +199,7 @@ register(
     Exercise(
         id="14.4",
         title="The DPO loss",
+        builds="the DPO loss",
         check=_check_dpo_loss,
         solution=dpo_loss,
         verified="the same loss as ds9_utils.feedback.dpo_loss, for one pair, a batch and margins in the thousands",

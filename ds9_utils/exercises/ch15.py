@@ -163,6 +163,7 @@ register(
     Exercise(
         id="15.3",
         title="Data parallelism on one processor",
+        builds="data-parallel gradients (micro-batches)",
         check=_check_accumulated_gradients,
         solution=accumulated_gradients,
         verified="micro-batches whose losses are divided and added give the whole batch's gradient",
