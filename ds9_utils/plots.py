@@ -59,10 +59,14 @@ def _tick_fontsize(n: int) -> float:
     return float(max(MIN_TICK_POINTS, min(11.0, 420.0 / max(n, 1))))
 
 
-def _label_step(n: int, inches: float, fontsize: float) -> int:
-    """Label every k-th of ``n`` positions along ``inches`` so that labels of ``fontsize`` pt do not overlap
-    (each gets at least 1.2 times its size); the positions in between keep their place, unlabelled."""
-    return max(1, math.ceil(n * fontsize * 1.2 / (inches * 72.0)))
+def _label_steps(n: int, inches: float, fontsize: float) -> tuple[int, int]:
+    """Label every k-th of ``n`` positions along ``inches`` so that labels of ``fontsize`` pt do not overlap;
+    the positions in between keep their place, unlabelled. Returns (k along x, k along y): side by side a
+    monospace character needs its width (0.6 of its size, and a little more), one above another its full height."""
+    points = inches * 72.0
+    across = max(1, math.ceil(n * fontsize * 0.65 / points))
+    down = max(1, math.ceil(n * fontsize * 1.15 / points))
+    return across, down
 
 
 def _draw_map(
@@ -72,7 +76,7 @@ def _draw_map(
     *,
     vmax: float,
     fontsize: float,
-    label_step: int = 1,
+    label_steps: tuple[int, int] = (1, 1),
     show_ylabels: bool = True,
     axis_titles: bool = True,
 ):
@@ -85,10 +89,11 @@ def _draw_map(
     image = ax.imshow(
         np.ma.masked_array(weights, future), cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest", aspect="equal"
     )
-    ax.set_xticks(range(0, T_key, label_step))
-    ax.set_xticklabels(labels[:T_key:label_step], fontsize=fontsize, family="monospace")
-    ax.set_yticks(range(0, T_query, label_step))
-    ax.set_yticklabels(labels[:T_query:label_step] if show_ylabels else [], fontsize=fontsize, family="monospace")
+    across, down = label_steps
+    ax.set_xticks(range(0, T_key, across))
+    ax.set_xticklabels(labels[:T_key:across], fontsize=fontsize, family="monospace")
+    ax.set_yticks(range(0, T_query, down))
+    ax.set_yticklabels(labels[:T_query:down] if show_ylabels else [], fontsize=fontsize, family="monospace")
     ax.tick_params(length=0, pad=1.5)
     if axis_titles:
         ax.set_xlabel("looked at (key)")
@@ -125,7 +130,7 @@ def plot_attention(weights, tokens: str | Sequence[str], *, ax=None, title: str 
         labels,
         vmax=max(float(weights.max()), 1e-9),
         fontsize=fontsize,
-        label_step=_label_step(T, inches, fontsize),
+        label_steps=_label_steps(T, inches, fontsize),
     )
     ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label="attention weight")
     if title:
@@ -159,7 +164,7 @@ def plot_attention_grid(weights, tokens: str | Sequence[str], *, titles: Sequenc
     fig, axes = plt.subplots(nrows, ncols, figsize=(panel * ncols + 1.0, panel * nrows + 0.3), squeeze=False)
     vmax = max(float(weights.max()), 1e-9)
     fontsize = MIN_TICK_POINTS
-    label_step = _label_step(T, 0.8 * panel, fontsize)
+    label_steps = _label_steps(T, 0.8 * panel, fontsize)
     image = None
     for index, ax in enumerate(axes.flat):
         if index >= H:
@@ -172,10 +177,12 @@ def plot_attention_grid(weights, tokens: str | Sequence[str], *, titles: Sequenc
             labels,
             vmax=vmax,
             fontsize=fontsize,
-            label_step=label_step,
+            label_steps=label_steps,
             show_ylabels=first_column,
             axis_titles=index // ncols == nrows - 1 or first_column,
         )
+        if index + ncols < H:  # a map below this one: its title needs the room an axis title would take
+            ax.set_xlabel("")
         ax.set_title(titles[index] if titles is not None else f"head {index}", fontsize=10)
     fig.colorbar(image, ax=[a for a in axes.flat[:H]], fraction=0.02, pad=0.02, label="attention weight")
     return fig
