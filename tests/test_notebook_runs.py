@@ -20,7 +20,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 
 #: Pairs whose saved runs overlap and have not been rerun alone yet. Each is a debt: rerun one of the two
 #: alone, then remove the pair (the test below fails when a listed pair no longer overlaps).
-KNOWN_OVERLAPS = {frozenset({"06_multi_head_attention", "08_stacking_and_positional_encoding"})}
+KNOWN_OVERLAPS: set[frozenset[str]] = set()
 
 #: The statement at the top of every chapter: "*Full run: under a minute ..." or "*Full run: about 22 minutes ...".
 FULL_RUN = re.compile(r"\*Full run: (?:(?P<under>under a minute)|about (?P<minutes>\d+) minutes?)")
