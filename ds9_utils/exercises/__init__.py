@@ -38,6 +38,8 @@ __all__ = [
     "number_problem",
     "register",
     "solution",
+    "typical_mistake",
+    "with_typical_mistake",
 ]
 
 
@@ -291,6 +293,22 @@ def typical_mistake(
         if got.shape == wrong.shape and torch.allclose(got, wrong, atol=atol, rtol=rtol):
             return hint
     return None
+
+
+def with_typical_mistake(
+    problem: str,
+    got: Any,
+    mistakes: Iterable[tuple[Callable[..., Any], str]],
+    args: tuple,
+    *,
+    atol: float = 1e-8,
+    rtol: float = 1e-5,
+    nan_as_zero: bool = False,
+) -> str:
+    """``problem``, led by the hint of the typical mistake that produced ``got`` when one did (see
+    ``typical_mistake``): "<hint> (<problem>)"."""
+    hint = typical_mistake(got, mistakes, args, atol=atol, rtol=rtol, nan_as_zero=nan_as_zero)
+    return f"{hint} ({problem})" if hint else problem
 
 
 def number_problem(what: str, got: Any, expected: float, rel: float = 1e-4, abs_tol: float = 1e-6) -> str | None:

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from ds9_utils.exercises import Exercise, close_problem, register, typical_mistake
+from ds9_utils.exercises import Exercise, close_problem, register, with_typical_mistake
 from ds9_utils.ngram import NGramModel
 
 
@@ -150,23 +150,25 @@ def _check_bigram_table(answer) -> list[str]:
         problem = close_problem(what, got, expected, atol=1e-6, rtol=1e-5)
         if problem is None:
             continue
-        hint = typical_mistake(
-            got,
-            (
+        return [
+            with_typical_mistake(
+                problem,
+                got,
                 (
-                    _table_transposed,
-                    "your rows are the *next* character; row a must count what followed a: ids[:-1] "
-                    "are the rows, ids[1:] the columns",
+                    (
+                        _table_transposed,
+                        "your rows are the *next* character; row a must count what followed a: ids[:-1] "
+                        "are the rows, ids[1:] the columns",
+                    ),
+                    (
+                        _table_joint,
+                        "you divided by the whole table's total, which gives P(a and b); divide each row by "
+                        "its own total, so that row a is P(next | a) and sums to 1",
+                    ),
                 ),
-                (
-                    _table_joint,
-                    "you divided by the whole table's total, which gives P(a and b); divide each row by "
-                    "its own total, so that row a is P(next | a) and sums to 1",
-                ),
-            ),
-            (ids, vocab_size, k),
-        )
-        return [f"{hint} ({problem})" if hint else problem]
+                (ids, vocab_size, k),
+            )
+        ]
     return []
 
 

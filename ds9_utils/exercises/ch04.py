@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-from ds9_utils.exercises import Exercise, close_problem, equal_problem, number_problem, register, typical_mistake
+from ds9_utils.exercises import Exercise, close_problem, equal_problem, number_problem, register, with_typical_mistake
 from ds9_utils.ngram import NGramModel
 
 
@@ -160,23 +160,25 @@ def _check_witten_bell(answer) -> list[str]:
         problem = close_problem(f"witten_bell for {what}", got_tensor, torch.as_tensor(expected))
         if problem is None:
             continue
-        hint = typical_mistake(
-            got_tensor,
-            (
+        return [
+            with_typical_mistake(
+                problem,
+                got_tensor,
                 (
-                    _witten_bell_all_counts,
-                    "you weighted the shorter context by how often the context was seen; Witten-Bell weights it by "
-                    "T(h), the number of *different* tokens that followed it (np.count_nonzero(counts))",
+                    (
+                        _witten_bell_all_counts,
+                        "you weighted the shorter context by how often the context was seen; Witten-Bell weights it by "
+                        "T(h), the number of *different* tokens that followed it (np.count_nonzero(counts))",
+                    ),
+                    (
+                        _witten_bell_no_lower,
+                        "you used the counts alone: mix in the shorter context, (counts + T * lower) / (total + T), so "
+                        "that a token never seen after this context keeps some probability",
+                    ),
                 ),
-                (
-                    _witten_bell_no_lower,
-                    "you used the counts alone: mix in the shorter context, (counts + T * lower) / (total + T), so "
-                    "that a token never seen after this context keeps some probability",
-                ),
-            ),
-            (counts, lower),
-        )
-        return [f"{hint} ({problem})" if hint else problem]
+                (counts, lower),
+            )
+        ]
     return []
 
 

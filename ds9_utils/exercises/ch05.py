@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ds9_utils.exercises import Exercise, close_problem, equal_problem, register, typical_mistake
+from ds9_utils.exercises import Exercise, close_problem, equal_problem, register, with_typical_mistake
 from ds9_utils.model import Head
 
 
@@ -119,25 +119,27 @@ def _check_causal_attention_weights(answer) -> list[str]:
             problem = close_problem(f"causal_attention_weights(q, k, scaled={scaled}) with d={d}", got, expected)
             if problem is None:
                 continue
-            hint = typical_mistake(
-                got,
-                (
+            return [
+                with_typical_mistake(
+                    problem,
+                    got,
                     (
-                        _weights_masked_after_softmax,
-                        "you masked after the softmax, so each row no longer sums to 1: fill the future's scores "
-                        "with -inf before it",
+                        (
+                            _weights_masked_after_softmax,
+                            "you masked after the softmax, so each row no longer sums to 1: fill the future's scores "
+                            "with -inf before it",
+                        ),
+                        (
+                            _weights_masked_with_zero,
+                            "you filled the future's scores with 0, and exp(0) = 1 still gives them weight: fill them "
+                            "with -inf",
+                        ),
                     ),
-                    (
-                        _weights_masked_with_zero,
-                        "you filled the future's scores with 0, and exp(0) = 1 still gives them weight: fill them "
-                        "with -inf",
-                    ),
-                ),
-                (q, k, scaled),
-                atol=1e-5,
-                rtol=1e-4,
-            )
-            return [f"{hint} ({problem})" if hint else problem]
+                    (q, k, scaled),
+                    atol=1e-5,
+                    rtol=1e-4,
+                )
+            ]
     return []
 
 

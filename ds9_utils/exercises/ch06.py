@@ -9,7 +9,7 @@ import math
 import numpy as np
 import torch
 
-from ds9_utils.exercises import Exercise, close_problem, equal_problem, number_problem, register, typical_mistake
+from ds9_utils.exercises import Exercise, close_problem, equal_problem, number_problem, register, with_typical_mistake
 from ds9_utils.model import CausalSelfAttention, GPTConfig
 
 
@@ -164,25 +164,28 @@ def _check_attend_all_heads(answer) -> list[str]:
             problem = close_problem(f"{what}, then the projection", projected, expected)
             if problem is None:
                 continue
-            hint = typical_mistake(
-                got,
-                (
+            return [
+                with_typical_mistake(
+                    problem,
+                    got,
                     (
-                        _split_without_transpose,
-                        "you viewed (B, T, C) straight as (B, n_head, T, head_size), which mixes positions: view it "
-                        "as (B, T, n_head, head_size) first, then .transpose(1, 2)",
+                        (
+                            _split_without_transpose,
+                            "you viewed (B, T, C) straight as (B, n_head, T, head_size), "
+                            "which mixes positions: view it "
+                            "as (B, T, n_head, head_size) first, then .transpose(1, 2)",
+                        ),
+                        (
+                            _merge_without_transpose,
+                            "you merged the heads with a reshape alone: transpose (B, n_head, T, head_size) back to "
+                            "(B, T, n_head, head_size) first, then reshape to (B, T, C)",
+                        ),
                     ),
-                    (
-                        _merge_without_transpose,
-                        "you merged the heads with a reshape alone: transpose (B, n_head, T, head_size) back to "
-                        "(B, T, n_head, head_size) first, then reshape to (B, T, C)",
-                    ),
-                ),
-                (q, k, v, n_head),
-                atol=1e-5,
-                rtol=1e-4,
-            )
-            return [f"{hint} ({problem})" if hint else problem]
+                    (q, k, v, n_head),
+                    atol=1e-5,
+                    rtol=1e-4,
+                )
+            ]
     return []
 
 
@@ -253,24 +256,27 @@ def _check_qk_norm(answer) -> list[str]:
         )
         if problem is None:
             continue
-        hint = typical_mistake(
-            got[0],
-            (
+        return [
+            with_typical_mistake(
+                problem,
+                got[0],
                 (
-                    lambda *a: _qk_norm_whole_vector(*a)[0],
-                    "you divided by one root mean square over all the heads of a position; each head's query and "
-                    "key get their own, over their head_size numbers",
+                    (
+                        lambda *a: _qk_norm_whole_vector(*a)[0],
+                        "you divided by one root mean square over all the heads of a position; each head's query and "
+                        "key get their own, over their head_size numbers",
+                    ),
+                    (
+                        lambda *a: _qk_norm_over_positions(*a)[0],
+                        "your mean ran down the positions (dim=-2); take it across "
+                        "each vector's head_size numbers, dim=-1",
+                    ),
                 ),
-                (
-                    lambda *a: _qk_norm_over_positions(*a)[0],
-                    "your mean ran down the positions (dim=-2); take it across each vector's head_size numbers, dim=-1",
-                ),
-            ),
-            args,
-            atol=1e-5,
-            rtol=1e-4,
-        )
-        return [f"{hint} ({problem})" if hint else problem]
+                args,
+                atol=1e-5,
+                rtol=1e-4,
+            )
+        ]
     return []
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ds9_utils.exercises import Exercise, close_problem, equal_problem, number_problem, register, typical_mistake
+from ds9_utils.exercises import Exercise, close_problem, equal_problem, number_problem, register, with_typical_mistake
 from ds9_utils.model import Block, FeedForward, GPTConfig, RMSNorm
 
 
@@ -157,24 +157,26 @@ def _check_block_forward(answer) -> list[str]:
             problem = close_problem(f"block_forward for x of shape {(B, T, C)}", got, block(x))
             if problem is None:
                 continue
-            hint = typical_mistake(
-                got,
-                (
+            return [
+                with_typical_mistake(
+                    problem,
+                    got,
                     (
-                        _block_without_residuals,
-                        "each part replaced x instead of adding to it: keep the residual paths, x = x + attn(...)",
+                        (
+                            _block_without_residuals,
+                            "each part replaced x instead of adding to it: keep the residual paths, x = x + attn(...)",
+                        ),
+                        (
+                            _block_adds_to_the_norm,
+                            "you added each part's output to the normalised x; add it to x itself, "
+                            "x = x + block.attn(block.ln_1(x)), so the unchanged x flows through",
+                        ),
                     ),
-                    (
-                        _block_adds_to_the_norm,
-                        "you added each part's output to the normalised x; add it to x itself, "
-                        "x = x + block.attn(block.ln_1(x)), so the unchanged x flows through",
-                    ),
-                ),
-                (block, x),
-                atol=1e-5,
-                rtol=1e-4,
-            )
-        return [f"{hint} ({problem})" if hint else problem]
+                    (block, x),
+                    atol=1e-5,
+                    rtol=1e-4,
+                )
+            ]
     return []
 
 
@@ -220,20 +222,22 @@ def _check_rms_norm(answer) -> list[str]:
             problem = close_problem(f"rms_norm of x with shape {shape}", got, norm(x))
             if problem is None:
                 continue
-            hint = typical_mistake(
-                got,
-                (
+            return [
+                with_typical_mistake(
+                    problem,
+                    got,
                     (
-                        _rms_norm_centred,
-                        "you subtracted the mean: that is LayerNorm; RMSNorm only divides by the root mean square",
+                        (
+                            _rms_norm_centred,
+                            "you subtracted the mean: that is LayerNorm; RMSNorm only divides by the root mean square",
+                        ),
+                        (_rms_norm_without_root, "you divided by the mean square; take its square root first"),
                     ),
-                    (_rms_norm_without_root, "you divided by the mean square; take its square root first"),
-                ),
-                (x, norm.weight.detach(), norm.eps),
-                atol=1e-5,
-                rtol=1e-4,
-            )
-        return [f"{hint} ({problem})" if hint else problem]
+                    (x, norm.weight.detach(), norm.eps),
+                    atol=1e-5,
+                    rtol=1e-4,
+                )
+            ]
     return []
 
 
@@ -279,20 +283,23 @@ def _check_relu_squared_feed_forward(answer) -> list[str]:
             problem = close_problem(f"the feed-forward layer with n_embd={n_embd}", got, layer(x))
             if problem is None:
                 continue
-            hint = typical_mistake(
-                got,
-                (
-                    (_feed_forward_relu, "that is plain ReLU: square it, relu(z).square()"),
+            return [
+                with_typical_mistake(
+                    problem,
+                    got,
                     (
-                        _feed_forward_square_first,
-                        "you squared before the ReLU, so negative scores came out positive: relu first, then square",
+                        (_feed_forward_relu, "that is plain ReLU: square it, relu(z).square()"),
+                        (
+                            _feed_forward_square_first,
+                            "you squared before the ReLU, so negative scores came out "
+                            "positive: relu first, then square",
+                        ),
                     ),
-                ),
-                (x, expand, project),
-                atol=1e-5,
-                rtol=1e-4,
-            )
-        return [f"{hint} ({problem})" if hint else problem]
+                    (x, expand, project),
+                    atol=1e-5,
+                    rtol=1e-4,
+                )
+            ]
     return []
 
 

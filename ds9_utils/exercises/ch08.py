@@ -10,7 +10,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from ds9_utils.exercises import Exercise, close_problem, equal_problem, register, typical_mistake
+from ds9_utils.exercises import Exercise, close_problem, equal_problem, register, with_typical_mistake
 from ds9_utils.model import GPT, GPTConfig, sinusoidal_positions
 
 
@@ -176,24 +176,26 @@ def _check_sinusoidal_table(answer) -> list[str]:
         problem = close_problem(f"sinusoidal_table({block_size}, {n_embd})", got, expected, atol=1e-4, rtol=1e-4)
         if problem is None:
             continue
-        hint = typical_mistake(
-            got,
-            (
+        return [
+            with_typical_mistake(
+                problem,
+                got,
                 (
-                    _table_swapped,
-                    "sines and cosines swapped: the sine goes in the even dimension 2i, the cosine in 2i+1",
+                    (
+                        _table_swapped,
+                        "sines and cosines swapped: the sine goes in the even dimension 2i, the cosine in 2i+1",
+                    ),
+                    (
+                        _table_pair_index,
+                        "your frequencies fall too slowly: ω_i = 10000^(-2i / n_embd), with 2i (the pair's first "
+                        "dimension), not the pair's index i",
+                    ),
                 ),
-                (
-                    _table_pair_index,
-                    "your frequencies fall too slowly: ω_i = 10000^(-2i / n_embd), with 2i (the pair's first "
-                    "dimension), not the pair's index i",
-                ),
-            ),
-            (block_size, n_embd),
-            atol=1e-4,
-            rtol=1e-4,
-        )
-        return [f"{hint} ({problem})" if hint else problem]
+                (block_size, n_embd),
+                atol=1e-4,
+                rtol=1e-4,
+            )
+        ]
     return []
 
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import torch
 
-from ds9_utils.exercises import Exercise, close_problem, number_problem, register, typical_mistake
+from ds9_utils.exercises import Exercise, close_problem, number_problem, register, with_typical_mistake
 from ds9_utils.model import rotary_angles
 from ds9_utils.model import rotate as _library_rotate
 from ds9_utils.optim import orthogonalize as _library_orthogonalize
@@ -117,24 +117,26 @@ def _check_learning_rate_at(answer) -> list[str]:
             if not all(isinstance(rate, (int, float)) and not isinstance(rate, bool) for rate in rates):
                 return [problem]
             rates = torch.tensor(rates, dtype=torch.float64)
-            hint = typical_mistake(
-                rates,
-                (
+            return [
+                with_typical_mistake(
+                    problem,
+                    rates,
                     (
-                        lambda cfg: [_rate_warming_from_zero(s, cfg) for s in range(cfg.max_steps + 3)],
-                        "your warm-up starts at 0; step 0 should already get learning_rate / warmup_steps: "
-                        "learning_rate * (step + 1) / warmup_steps",
+                        (
+                            lambda cfg: [_rate_warming_from_zero(s, cfg) for s in range(cfg.max_steps + 3)],
+                            "your warm-up starts at 0; step 0 should already get learning_rate / warmup_steps: "
+                            "learning_rate * (step + 1) / warmup_steps",
+                        ),
+                        (
+                            lambda cfg: [_rate_decaying_to_zero(s, cfg) for s in range(cfg.max_steps + 3)],
+                            "your cosine ends at 0; it should end at min_lr",
+                        ),
                     ),
-                    (
-                        lambda cfg: [_rate_decaying_to_zero(s, cfg) for s in range(cfg.max_steps + 3)],
-                        "your cosine ends at 0; it should end at min_lr",
-                    ),
-                ),
-                (cfg,),
-                rtol=1e-6,
-                atol=1e-12,
-            )
-            return [f"{hint} ({problem})" if hint else problem]
+                    (cfg,),
+                    rtol=1e-6,
+                    atol=1e-12,
+                )
+            ]
     return []
 
 
@@ -227,24 +229,26 @@ def _check_rotate(answer) -> list[str]:
             continue
         if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
             return [problem]
-        hint = typical_mistake(
-            got,
-            (
+        return [
+            with_typical_mistake(
+                problem,
+                got,
                 (
-                    _rotate_backwards,
-                    "you turned by minus the angle: pair (a, b) becomes (a cos - b sin, a sin + b cos)",
+                    (
+                        _rotate_backwards,
+                        "you turned by minus the angle: pair (a, b) becomes (a cos - b sin, a sin + b cos)",
+                    ),
+                    (
+                        _rotate_neighbours,
+                        "you paired neighbours (x[2i], x[2i+1]); rotate pairs x[i] with x[i + d/2], the first half of "
+                        "the numbers with the second half",
+                    ),
                 ),
-                (
-                    _rotate_neighbours,
-                    "you paired neighbours (x[2i], x[2i+1]); rotate pairs x[i] with x[i + d/2], the first half of "
-                    "the numbers with the second half",
-                ),
-            ),
-            (x, cos, sin),
-            atol=1e-5,
-            rtol=1e-4,
-        )
-        return [f"{hint} ({problem})" if hint else problem]
+                (x, cos, sin),
+                atol=1e-5,
+                rtol=1e-4,
+            )
+        ]
     return []
 
 

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from ds9_utils.exercises import Exercise, close_problem, equal_problem, register, typical_mistake
+from ds9_utils.exercises import Exercise, close_problem, equal_problem, register, with_typical_mistake
 from ds9_utils.generate import generate, next_token_distribution
 from ds9_utils.model import GPT, GPTConfig
 
@@ -178,20 +178,25 @@ def _check_top_p_filter(answer) -> list[str]:
         problem = close_problem(f"top_p_filter on {what}", got, expected)
         if problem is None:
             continue
-        hint = typical_mistake(
-            got,
-            (
+        return [
+            with_typical_mistake(
+                problem,
+                got,
                 (
-                    _top_p_short,
-                    "you kept the tokens whose running total stays below top_p; keep the token that crosses it too "
-                    "(the smallest set whose mass *reaches* top_p), so at least one token always remains",
+                    (
+                        _top_p_short,
+                        "you kept the tokens whose running total stays below top_p; keep the token that crosses it too "
+                        "(the smallest set whose mass *reaches* top_p), so at least one token always remains",
+                    ),
+                    (
+                        _top_p_unnormalised,
+                        "you zeroed the tail but did not divide by what is left: each row must sum to 1",
+                    ),
                 ),
-                (_top_p_unnormalised, "you zeroed the tail but did not divide by what is left: each row must sum to 1"),
-            ),
-            (probs, top_p),
-            nan_as_zero=True,
-        )
-        return [f"{hint} ({problem})" if hint else problem]
+                (probs, top_p),
+                nan_as_zero=True,
+            )
+        ]
     return []
 
 
@@ -262,19 +267,21 @@ def _check_cached_attention_step(answer) -> list[str]:
         problem = close_problem(what, got, expected)
         if problem is None:
             continue
-        hint = typical_mistake(
-            got,
-            (
+        return [
+            with_typical_mistake(
+                problem,
+                got,
                 (
-                    _outputs_without_itself,
-                    "you attended before adding the new key and value: a position sees itself too",
+                    (
+                        _outputs_without_itself,
+                        "you attended before adding the new key and value: a position sees itself too",
+                    ),
+                    (_outputs_unscaled, "your scores are not divided by sqrt(d), the size of a key"),
                 ),
-                (_outputs_unscaled, "your scores are not divided by sqrt(d), the size of a key"),
-            ),
-            (q, k, v),
-            atol=1e-5,
-        )
-        return [f"{hint} ({problem})" if hint else problem]
+                (q, k, v),
+                atol=1e-5,
+            )
+        ]
     return []
 
 
@@ -319,21 +326,24 @@ def _check_temperature_top_k(answer) -> list[str]:
         problem = close_problem(f"temperature_top_k(3 rows of 40 scores, {temperature}, {top_k})", got, expected)
         if problem is None:
             continue
-        hint = typical_mistake(
-            got,
-            (
+        return [
+            with_typical_mistake(
+                problem,
+                got,
                 (
-                    _top_k_after_softmax,
-                    "you zeroed the tokens outside the top k after the softmax, so the row no longer sums to 1: set "
-                    "their scores to -inf before it (or divide by what is left)",
+                    (
+                        _top_k_after_softmax,
+                        "you zeroed the tokens outside the top k after the softmax, "
+                        "so the row no longer sums to 1: set "
+                        "their scores to -inf before it (or divide by what is left)",
+                    ),
+                    (_temperature_multiplied, "you multiplied the scores by the temperature; divide them by it"),
                 ),
-                (_temperature_multiplied, "you multiplied the scores by the temperature; divide them by it"),
-            ),
-            (logits, temperature, top_k),
-            atol=1e-6,
-            rtol=1e-5,
-        )
-        return [f"{hint} ({problem})" if hint else problem]
+                (logits, temperature, top_k),
+                atol=1e-6,
+                rtol=1e-5,
+            )
+        ]
     return []
 
 

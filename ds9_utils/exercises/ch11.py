@@ -9,7 +9,7 @@ import random
 import torch
 
 from ds9_utils.evaluate import longest_copied_substring, token_losses
-from ds9_utils.exercises import Exercise, close_problem, equal_problem, number_problem, register, typical_mistake
+from ds9_utils.exercises import Exercise, close_problem, equal_problem, number_problem, register, with_typical_mistake
 from ds9_utils.model import GPT, GPTConfig
 
 
@@ -164,21 +164,24 @@ def _check_surprisal_bits(answer) -> list[str]:
         problem = close_problem(what, got, expected, atol=1e-4, rtol=1e-4)
         if problem is None:
             continue
-        hint = typical_mistake(
-            got,
-            (
-                (_surprisal_in_nats, "these are nats (natural log): divide by ln 2, or use log2, for bits"),
+        return [
+            with_typical_mistake(
+                problem,
+                got,
                 (
-                    _surprisal_over_positions,
-                    "your softmax ran down the positions (dim=0); each row's probabilities are over the vocabulary: "
-                    "dim=-1",
+                    (_surprisal_in_nats, "these are nats (natural log): divide by ln 2, or use log2, for bits"),
+                    (
+                        _surprisal_over_positions,
+                        "your softmax ran down the positions (dim=0); each row's "
+                        "probabilities are over the vocabulary: "
+                        "dim=-1",
+                    ),
                 ),
-            ),
-            (logits, tokens[1:]),
-            atol=1e-4,
-            rtol=1e-4,
-        )
-        return [f"{hint} ({problem})" if hint else problem]
+                (logits, tokens[1:]),
+                atol=1e-4,
+                rtol=1e-4,
+            )
+        ]
     return []
 
 

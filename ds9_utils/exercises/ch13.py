@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ds9_utils.exercises import Exercise, close_problem, equal_problem, register, typical_mistake
+from ds9_utils.exercises import Exercise, close_problem, equal_problem, register, with_typical_mistake
 from ds9_utils.finetune import (
     LoRAConfig,
     LoRALinear,
@@ -204,18 +204,20 @@ def _check_lora_forward(answer) -> list[str]:
         problem = close_problem(what, got, expected)
         if problem is None:
             continue
-        hint = typical_mistake(
-            got,
-            (
-                (_lora_unscaled, "you added the correction without its scale: multiply it by alpha / rank"),
+        return [
+            with_typical_mistake(
+                problem,
+                got,
                 (
-                    _lora_scaled_by_alpha,
-                    "you scaled the correction by alpha; the scale is alpha / rank (rank = A's rows)",
+                    (_lora_unscaled, "you added the correction without its scale: multiply it by alpha / rank"),
+                    (
+                        _lora_scaled_by_alpha,
+                        "you scaled the correction by alpha; the scale is alpha / rank (rank = A's rows)",
+                    ),
                 ),
-            ),
-            args,
-        )
-        return [f"{hint} ({problem})" if hint else problem]
+                args,
+            )
+        ]
     return []
 
 
