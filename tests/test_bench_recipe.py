@@ -7,6 +7,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+from ds9_utils.recipe_changes import read_runs
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_recipe.py"
 
 
@@ -29,7 +31,7 @@ def test_results_resume_only_this_text_budget_and_machine(tmp_path):
     bench.append_result(path, {**ours, "machine": {**here, "processor": "another processor"}})
     with open(path, "a", encoding="utf-8") as results:
         results.write(json.dumps({**ours, "seed": 1})[:40])  # a line cut short by an interruption
-    assert bench.load_results(path, "DS9", 120.0, here) == [ours]
-    assert bench.load_results(tmp_path / "missing.jsonl", "DS9", 120.0, here) == []
+    assert read_runs(path, "DS9", 120.0, here) == [ours]
+    assert read_runs(tmp_path / "missing.jsonl", "DS9", 120.0, here) == []
     bench.append_result(path, {**ours, "seed": 2})  # after the cut line: still one run per line
-    assert [run["seed"] for run in bench.load_results(path, "DS9", 120.0, here)] == [0, 2]
+    assert [run["seed"] for run in read_runs(path, "DS9", 120.0, here)] == [0, 2]

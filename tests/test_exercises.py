@@ -427,6 +427,14 @@ def test_the_schedule_exercise_names_the_typical_mistakes():
     assert "learning_rate_at(0, cfg)" in _verdict("09.2", lambda step, cfg: cfg.learning_rate)
 
 
+def test_the_wsd_schedule_exercise_names_the_typical_mistakes():
+    from ds9_utils.exercises import ch09
+
+    assert "it should stay at learning_rate" in _verdict("09.6", ch09._wsd_decaying_all_the_way)
+    assert "your decay takes 1 - decay_share" in _verdict("09.6", ch09._wsd_share_read_as_stable)
+    assert "wsd_rate(" in _verdict("09.6", ch09.learning_rate_at)  # the cosine of 09.2 is not wsd
+
+
 def test_the_surprisal_exercise_names_the_typical_mistakes():
     from ds9_utils.exercises import ch11
 

@@ -101,8 +101,9 @@ def test_the_set_up_cell_installs_ds9_utils_where_it_is_missing(tmp_path, mirror
         [
             python,
             "-c",
-            "import ds9_utils, importlib.metadata as m; "
-            "print(ds9_utils.__file__); print(m.distribution('ds9-utils').read_text('direct_url.json'))",
+            "import ds9_utils, importlib.metadata as m; from ds9_utils.recipe_changes import MEASURED_RUNS; "
+            "print(ds9_utils.__file__); print(m.distribution('ds9-utils').read_text('direct_url.json')); "
+            "print(MEASURED_RUNS.is_file())",
         ],
         cwd=tmp_path,
         env=environment,
@@ -113,6 +114,7 @@ def test_the_set_up_cell_installs_ds9_utils_where_it_is_missing(tmp_path, mirror
     venv_dir = (tmp_path / "venv").resolve()
     assert venv_dir in Path(installed[0]).resolve().parents, f"ds9_utils imported from {installed[0]}"
     assert json.loads(installed[1])["url"] == source.as_uri(), "installed from DS9_PACKAGE_SOURCE"
+    assert installed[2] == "True", "the recipe measurements that chapter 09 prints are installed with the package"
 
     assert "data folder: data/\n" in run.stdout, run.stdout
     assert re.search(r"corpus: +downloaded \d+ transcript pages from 127\.0\.0\.1:\d+ in ", run.stdout), run.stdout

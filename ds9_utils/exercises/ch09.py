@@ -1,5 +1,5 @@
-"""Chapter 09's exercises: early stopping, the learning-rate schedule, what bits per character mean, rotary
-positions and Muon's Newton-Schulz iteration."""
+"""Chapter 09's exercises: early stopping, the learning-rate schedules (cosine and wsd), what bits per character
+mean, rotary positions and Muon's Newton-Schulz iteration."""
 
 from __future__ import annotations
 
@@ -97,18 +97,16 @@ def _rate_decaying_to_zero(step: int, cfg: TrainConfig) -> float:
     return lr_at(step, replace(cfg, min_lr=0.0))
 
 
-def _check_learning_rate_at(answer) -> list[str]:
-    configs = [
-        TrainConfig(max_steps=100, warmup_steps=10, learning_rate=3e-3, min_lr=3e-4),
-        TrainConfig(max_steps=40, warmup_steps=0, learning_rate=3e-2, min_lr=3e-3),
-        TrainConfig(max_steps=7, warmup_steps=3, learning_rate=1e-3, min_lr=0.0),
-    ]
+def _check_schedule(answer, name: str, configs: list[TrainConfig], mistakes) -> list[str]:
+    """Compare ``answer(step, cfg)`` with ``lr_at`` at every step of each config, two steps past the end; on the
+    first difference, name the typical mistake (a function of ``(step, cfg)``, and its hint) the rates match."""
     for cfg in configs:
         steps = range(cfg.max_steps + 3)
         for step in steps:
             what = (
-                f"learning_rate_at({step}, cfg) with warmup_steps={cfg.warmup_steps}, max_steps={cfg.max_steps}, "
+                f"{name}({step}, cfg) with warmup_steps={cfg.warmup_steps}, max_steps={cfg.max_steps}, "
                 f"learning_rate={cfg.learning_rate:g}, min_lr={cfg.min_lr:g}"
+                + (f", decay_share={cfg.decay_share:g}" if cfg.schedule == "wsd" else "")
             )
             problem = number_problem(what, answer(step, cfg), lr_at(step, cfg), rel=1e-6, abs_tol=1e-12)
             if problem is None:
@@ -116,28 +114,30 @@ def _check_learning_rate_at(answer) -> list[str]:
             rates = [answer(s, cfg) for s in steps]
             if not all(isinstance(rate, (int, float)) and not isinstance(rate, bool) for rate in rates):
                 return [problem]
+            every_step = tuple(
+                (lambda cfg, rate=rate: [rate(s, cfg) for s in range(cfg.max_steps + 3)], hint)
+                for rate, hint in mistakes
+            )
             rates = torch.tensor(rates, dtype=torch.float64)
-            return [
-                with_typical_mistake(
-                    problem,
-                    rates,
-                    (
-                        (
-                            lambda cfg: [_rate_warming_from_zero(s, cfg) for s in range(cfg.max_steps + 3)],
-                            "your warm-up starts at 0; step 0 should already get learning_rate / warmup_steps: "
-                            "learning_rate * (step + 1) / warmup_steps",
-                        ),
-                        (
-                            lambda cfg: [_rate_decaying_to_zero(s, cfg) for s in range(cfg.max_steps + 3)],
-                            "your cosine ends at 0; it should end at min_lr",
-                        ),
-                    ),
-                    (cfg,),
-                    rtol=1e-6,
-                    atol=1e-12,
-                )
-            ]
+            return [with_typical_mistake(problem, rates, every_step, (cfg,), rtol=1e-6, atol=1e-12)]
     return []
+
+
+def _check_learning_rate_at(answer) -> list[str]:
+    configs = [
+        TrainConfig(max_steps=100, warmup_steps=10, learning_rate=3e-3, min_lr=3e-4),
+        TrainConfig(max_steps=40, warmup_steps=0, learning_rate=3e-2, min_lr=3e-3),
+        TrainConfig(max_steps=7, warmup_steps=3, learning_rate=1e-3, min_lr=0.0),
+    ]
+    mistakes = (
+        (
+            _rate_warming_from_zero,
+            "your warm-up starts at 0; step 0 should already get learning_rate / warmup_steps: "
+            "learning_rate * (step + 1) / warmup_steps",
+        ),
+        (_rate_decaying_to_zero, "your cosine ends at 0; it should end at min_lr"),
+    )
+    return _check_schedule(answer, "learning_rate_at", configs, mistakes)
 
 
 register(
@@ -306,5 +306,60 @@ register(
         check=_check_orthogonalize,
         solution=orthogonalize,
         verified="the same nearly orthogonal matrix as ds9_utils.optim.orthogonalize, wide, square and tall",
+    )
+)
+
+
+def wsd_rate(step: int, cfg: TrainConfig) -> float:
+    # Warm-up as in 09.2. Then the full rate (stable) until the last decay_share of the steps after the warm-up,
+    # then a straight line down to min_lr at max_steps, and min_lr after that.
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    if step >= cfg.max_steps:
+        return cfg.min_lr
+    progress = (step - cfg.warmup_steps) / (cfg.max_steps - cfg.warmup_steps)
+    remaining = min((1.0 - progress) / cfg.decay_share, 1.0)  # 1 while stable, then down to 0
+    return cfg.min_lr + remaining * (cfg.learning_rate - cfg.min_lr)
+
+
+def _wsd_decaying_all_the_way(step: int, cfg: TrainConfig) -> float:
+    """A typical mistake: no stable stretch, the rate falls in a straight line from the end of the warm-up."""
+    return lr_at(step, replace(cfg, decay_share=1.0))
+
+
+def _wsd_share_read_as_stable(step: int, cfg: TrainConfig) -> float:
+    """A typical mistake: decay_share taken as the stable share, so the decay takes the other 1 - decay_share."""
+    return lr_at(step, replace(cfg, decay_share=1.0 - cfg.decay_share))
+
+
+def _check_wsd_rate(answer) -> list[str]:
+    configs = [
+        TrainConfig(max_steps=100, warmup_steps=10, learning_rate=3e-3, min_lr=3e-4, schedule="wsd", decay_share=0.4),
+        TrainConfig(max_steps=50, warmup_steps=0, learning_rate=2e-2, min_lr=2e-3, schedule="wsd", decay_share=0.2),
+        TrainConfig(max_steps=9, warmup_steps=3, learning_rate=1e-3, min_lr=0.0, schedule="wsd", decay_share=0.5),
+    ]
+    mistakes = (
+        (
+            _wsd_decaying_all_the_way,
+            "your rate falls from the end of the warm-up; it should stay at learning_rate "
+            "until only decay_share of the steps after the warm-up are left",
+        ),
+        (
+            _wsd_share_read_as_stable,
+            "your decay takes 1 - decay_share of the run; decay_share is the share of "
+            "the steps after the warm-up that the decay takes, the last ones",
+        ),
+    )
+    return _check_schedule(answer, "wsd_rate", configs, mistakes)
+
+
+register(
+    Exercise(
+        id="09.6",
+        title="The schedule of the speedruns: warm-up, stable, decay",
+        builds="the wsd learning-rate schedule",
+        check=_check_wsd_rate,
+        solution=wsd_rate,
+        verified="the same learning rate as ds9_utils.train.lr_at with schedule='wsd', for three decay shares",
     )
 )

@@ -1,0 +1,74 @@
+"""The recipe table: its arithmetic, the variants it measures, and the stored runs that chapter 09 prints."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from ds9_utils.presets import get_preset
+from ds9_utils.recipe_changes import CHANGES, MEASURED_RUNS, VARIANTS, read_runs, recipe_table, variant_recipe
+
+MACHINE = {"processor": "Test CPU", "threads": 2, "torch": "2.13.0+cpu", "precision": "bf16"}
+
+
+def _run(variant: str, seed: int, nats: float, steps: int = 100) -> dict:
+    return {
+        "text": "t.txt",
+        "seconds": 60.0,
+        "variant": variant,
+        "seed": seed,
+        "held_out_nats": nats,
+        "steps": steps,
+        "tokens_per_second": 1000 * steps // 60,
+        "precision": "bf16",
+        "machine": MACHINE,
+    }
+
+
+def test_the_table_gives_mean_spread_difference_and_its_standard_errors():
+    runs = [_run("classic", 0, 1.0), _run("classic", 1, 1.2), _run("muon", 0, 0.8, 60), _run("muon", 1, 0.8, 80)]
+    table = recipe_table(runs).splitlines()
+    assert table[0] == "t.txt, 60 s of training a run (Test CPU, 2 threads, torch 2.13.0+cpu, bf16)"
+    classic, muon = table[2].split(), table[3].split()
+    assert classic[:4] == ["classic", "1.100", "±", f"{math.sqrt(0.02):.3f}"]
+    assert classic[5:7] == ["-", "-"]
+    # -0.300 nats; its standard error sqrt(0.02 / 2 + 0 / 2) = 0.1, so 3.0 of them; two seeds; 70 steps on average
+    assert muon[:4] == ["muon", "0.800", "±", "0.000"]
+    assert muon[4] == f"{0.8 / math.log(2):.3f}"
+    assert muon[5:9] == ["-0.300", "3.0", "2", "70"]
+
+
+def test_variants_change_one_thing_each_and_modern_is_the_course_model():
+    classic = variant_recipe("classic", 81, 30.0)
+    for name in CHANGES:
+        config, recipe = variant_recipe(name, 81, 30.0)
+        changed = {key for key, value in vars(config).items() if vars(classic[0])[key] != value}
+        changed |= {key for key, value in vars(recipe).items() if vars(classic[1])[key] != value}
+        assert changed and changed <= set(CHANGES[name][0]) | set(CHANGES[name][1]), name
+    config, recipe = variant_recipe("modern", 81, 30.0)
+    course = get_preset("cpu")
+    assert config == course.gpt_config(81)
+    assert (recipe.optimizer, recipe.schedule, recipe.max_seconds) == (course.train_config.optimizer, "wsd", 30.0)
+
+
+def test_read_runs_skips_other_texts_budgets_machines_and_cut_lines(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    ours = _run("muon", 0, 1.3)
+    lines = [ours, {**ours, "seconds": 540.0}, {**ours, "text": "DS9"}, {**ours, "machine": {**MACHINE, "threads": 4}}]
+    path.write_text("".join(json.dumps(run) + "\n" for run in lines) + json.dumps(ours)[:30], encoding="utf-8")
+    assert read_runs(path, "t.txt", 60.0, MACHINE) == [ours]
+    assert len(read_runs(path, "t.txt", 60.0)) == 2  # any machine
+    assert read_runs(tmp_path / "missing.jsonl", "t.txt", 60.0) == []
+
+
+@pytest.mark.parametrize("text", ["DS9", "kjv.txt"])
+def test_the_stored_measurements_hold_every_variant_with_three_seeds_on_one_machine(text):
+    runs = read_runs(MEASURED_RUNS, text, 120.0)
+    assert {run["variant"] for run in runs} == set(VARIANTS), f"{text}: {MEASURED_RUNS.name} lacks variants"
+    for name in VARIANTS:
+        seeds = sorted(run["seed"] for run in runs if run["variant"] == name)
+        assert seeds == [0, 1, 2], f"{text} {name}: seeds {seeds}"
+    assert len({json.dumps(run["machine"], sort_keys=True) for run in runs}) == 1, "one machine per table"
+    assert all(math.isfinite(run["held_out_nats"]) and run["steps"] > 0 for run in runs)
