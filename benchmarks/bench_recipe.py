@@ -4,6 +4,7 @@
     python benchmarks/bench_recipe.py --text kjv.txt --seconds 120 --seeds 3          # another text
     python benchmarks/bench_recipe.py --variants classic modern --seconds 540 --seeds 3
     python benchmarks/bench_recipe.py --seconds 120 --seeds 3 --results runs.jsonl    # resumable
+    python benchmarks/bench_recipe.py --variants modern modern-rmsnorm modern-untied  # modern without one change
 
 The variants, the measurement and the table are ``ds9_utils.recipe_changes``: a GPT of the course model's shape
 (4 layers, 4 heads, 128 wide, block 128, batches of 8) trained with ``ds9_utils.train.train`` for the same
@@ -38,7 +39,7 @@ import torch
 from ds9_utils.course import load_course_data, text_file_data
 from ds9_utils.precision import device_precision
 from ds9_utils.presets import get_preset
-from ds9_utils.recipe_changes import VARIANTS, measure_variant, read_runs, recipe_table
+from ds9_utils.recipe_changes import VARIANTS, WITHOUT, measure_variant, read_runs, recipe_table
 
 
 def machine() -> dict:
@@ -75,8 +76,8 @@ def main() -> None:
         "--variants",
         nargs="+",
         default=list(VARIANTS),
-        choices=VARIANTS,
-        help="which variants to run (default: all)",
+        choices=VARIANTS + WITHOUT,
+        help="which variants to run (default: classic, each change alone, modern; modern-X is modern without X)",
     )
     parser.add_argument("--results", type=Path, help="a JSON-lines file to add each run to, and to resume from")
     args = parser.parse_args()
@@ -106,7 +107,8 @@ def main() -> None:
             if args.results:
                 append_result(args.results, runs[-1])
     print()
-    print(recipe_table([run for name in args.variants for run in runs if run["variant"] == name]))
+    baseline = "classic" if "classic" in args.variants else "modern"
+    print(recipe_table([run for name in args.variants for run in runs if run["variant"] == name], baseline))
     sys.stdout.flush()
 
 

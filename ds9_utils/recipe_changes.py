@@ -43,6 +43,9 @@ CHANGES: dict[str, tuple[dict, dict]] = {
     "wsd": ({}, {"schedule": MODERN_TRAINING["schedule"]}),
 }
 VARIANTS = ("classic", *CHANGES, "modern")
+#: The other way round: the course model with one change taken out (back to the classic recipe's value), to see
+#: what each change is worth inside the whole recipe, where changes can need each other.
+WITHOUT = tuple(f"modern-{name}" for name in CHANGES)
 
 #: The runs that ``benchmarks/bench_recipe.py`` made for the course (one JSON object a line).
 MEASURED_RUNS = Path(__file__).resolve().parent / "measurements" / "recipe_changes.jsonl"
@@ -50,14 +53,19 @@ MEASURED_RUNS = Path(__file__).resolve().parent / "measurements" / "recipe_chang
 
 def variant_recipe(name: str, vocab_size: int, seconds: float) -> tuple[GPTConfig, TrainConfig]:
     """The model's shape and the recipe of one variant, trained for ``seconds`` on the CPU."""
-    if name == "modern":
-        preset = get_preset("cpu")
-        model_kwargs, recipe = preset.model_kwargs, preset.train_config
-    else:
-        classic = get_preset("classic")
+    classic, modern = get_preset("classic"), get_preset("cpu")
+    if name == "modern" or name in WITHOUT:
+        model_changes, recipe_changes = CHANGES.get(name.removeprefix("modern-"), ({}, {}))
+        classic_model = vars(GPTConfig(vocab_size=vocab_size, **classic.model_kwargs))
+        model_kwargs = {**modern.model_kwargs, **{key: classic_model[key] for key in model_changes}}
+        taken_out = {key: getattr(classic.train_config, key) for key in recipe_changes}
+        recipe = replace(modern.train_config, **taken_out)
+    elif name == "classic" or name in CHANGES:
         model_changes, recipe_changes = CHANGES.get(name, ({}, {}))
         model_kwargs = {**classic.model_kwargs, **model_changes}
         recipe = replace(classic.train_config, **recipe_changes)
+    else:
+        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS + WITHOUT)}")
     recipe = replace(recipe, max_seconds=seconds, device="cpu", eval_interval=10**9)
     return GPTConfig(vocab_size=vocab_size, **model_kwargs), recipe
 
@@ -102,10 +110,10 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def recipe_table(runs: list[dict]) -> str:
+def recipe_table(runs: list[dict], baseline: str = "classic") -> str:
     """The runs of one text and budget as a table: per variant, the held-out loss's mean ± standard deviation
-    over the seeds, the difference to classic and that difference in its standard errors (how many times larger
-    it is than the seeds' luck could make it), and the steps and tokens per second the budget gave."""
+    over the seeds, the difference to ``baseline`` and that difference in its standard errors (how many times
+    larger it is than the seeds' luck could make it), and the steps and tokens per second the budget gave."""
     if not runs:
         return "no runs"
     first = runs[0]
@@ -119,25 +127,25 @@ def recipe_table(runs: list[dict]) -> str:
     )
     lines = [f"{first['text']}, {first['seconds']:.0f} s of training a run ({where})"]
     lines.append(
-        f"{'variant':<10}{'held-out nats':>17}{'bits/char':>11}{'vs classic':>12}{'/ its SE':>10}{'seeds':>7}"
+        f"{'variant':<18}{'held-out nats':>17}{'bits/char':>11}{'vs ' + baseline:>12}{'/ its SE':>10}{'seeds':>7}"
         f"{'steps':>8}{'tokens/s':>10}"
     )
-    by_variant = {name: [run for run in runs if run["variant"] == name] for name in VARIANTS}
-    classic = [run["held_out_nats"] for run in by_variant["classic"]]
+    by_variant = {name: [run for run in runs if run["variant"] == name] for name in VARIANTS + WITHOUT}
+    base = [run["held_out_nats"] for run in by_variant.get(baseline, [])]
     for name, own in by_variant.items():
         if not own:
             continue
         mean, sd = _mean_sd([run["held_out_nats"] for run in own])
         delta, in_errors = "-", "-"
-        if name != "classic" and classic:
-            base_mean, base_sd = _mean_sd(classic)
+        if name != baseline and base:
+            base_mean, base_sd = _mean_sd(base)
             delta = f"{mean - base_mean:+.3f}"
-            error = math.sqrt(sd**2 / len(own) + base_sd**2 / len(classic))
+            error = math.sqrt(sd**2 / len(own) + base_sd**2 / len(base))
             in_errors = f"{abs(mean - base_mean) / error:.1f}" if error > 0 else "-"
         steps = statistics.mean(run["steps"] for run in own)
         speed = statistics.mean(run["tokens_per_second"] for run in own)
         lines.append(
-            f"{name:<10}{mean:>9.3f} ± {sd:.3f}{bits_per_char(mean):>11.3f}{delta:>12}{in_errors:>10}{len(own):>7}"
+            f"{name:<18}{mean:>9.3f} ± {sd:.3f}{bits_per_char(mean):>11.3f}{delta:>12}{in_errors:>10}{len(own):>7}"
             f"{steps:>8,.0f}{speed:>10,.0f}"
         )
     return "\n".join(lines)

@@ -126,9 +126,6 @@ SAVED_PROGRESS_WIDGET = re.compile(r"\d+%\|")  # a tqdm widget saved mid-run: "t
 #: What a text renderer must never show of a saved output: a widget's or a display object's repr, the loopback
 #: mirror the tests serve, the course's old name.
 UNREADABLE = ("VBox(", "HBox(", "<IPython.core.display", "127.0.0.1", "lets-build-an-llm")
-#: Saved runs made before their chapter's figures gained a text form: rerun the chapter, then drop it here
-#: (the test fails while a chapter is listed that no longer needs it).
-RUNS_BEFORE_TEXT_FIGURES = {"09"}
 MACHINE_PATH = re.compile(r"(?<![\w.])/(?:work|tmp|root|home|Users)/|[A-Z]:\\\\")
 
 
@@ -147,14 +144,4 @@ def test_committed_outputs_read_well_without_a_kernel(path: Path):
             found = MACHINE_PATH.search(text)
             assert not found, f"cell {number} prints a path of the machine: ...{text[found.start() - 40 :][:120]!r}"
             unreadable = [marker for marker in UNREADABLE if marker in text]
-            if path.name[:2] in RUNS_BEFORE_TEXT_FIGURES and unreadable == ["<IPython.core.display"]:
-                continue
             assert not unreadable, f"cell {number} saves {unreadable[0]!r} for text renderers: {text[:160]!r}"
-
-
-def test_the_runs_listed_before_text_figures_still_need_it():
-    for chapter in RUNS_BEFORE_TEXT_FIGURES:
-        path = next(NOTEBOOKS.glob(f"{chapter}_*.ipynb"))
-        assert "<IPython.core.display" in path.read_text(encoding="utf-8"), (
-            f"chapter {chapter}'s saved run shows its figures' text forms now: remove it from RUNS_BEFORE_TEXT_FIGURES"
-        )

@@ -8,7 +8,15 @@ import math
 import pytest
 
 from ds9_utils.presets import get_preset
-from ds9_utils.recipe_changes import CHANGES, MEASURED_RUNS, VARIANTS, read_runs, recipe_table, variant_recipe
+from ds9_utils.recipe_changes import (
+    CHANGES,
+    MEASURED_RUNS,
+    VARIANTS,
+    WITHOUT,
+    read_runs,
+    recipe_table,
+    variant_recipe,
+)
 
 MACHINE = {"processor": "Test CPU", "threads": 2, "torch": "2.13.0+cpu", "precision": "bf16"}
 
@@ -51,6 +59,35 @@ def test_variants_change_one_thing_each_and_modern_is_the_course_model():
     course = get_preset("cpu")
     assert config == course.gpt_config(81)
     assert (recipe.optimizer, recipe.schedule, recipe.max_seconds) == (course.train_config.optimizer, "wsd", 30.0)
+
+
+def test_modern_without_a_change_differs_from_modern_in_that_change_alone():
+    modern = variant_recipe("modern", 81, 30.0)
+    classic = variant_recipe("classic", 81, 30.0)
+    for name in WITHOUT:
+        config, recipe = variant_recipe(name, 81, 30.0)
+        changed = {key for key, value in vars(config).items() if vars(modern[0])[key] != value}
+        changed |= {key for key, value in vars(recipe).items() if vars(modern[1])[key] != value}
+        change = name.removeprefix("modern-")
+        assert changed and changed <= set(CHANGES[change][0]) | set(CHANGES[change][1]), name
+        assert all(
+            vars(config).get(key, vars(recipe).get(key)) == vars(classic[0]).get(key, vars(classic[1]).get(key))
+            for key in changed
+        ), f"{name} takes the classic recipe's value"
+    with pytest.raises(ValueError, match="unknown variant 'modern-dropout'"):
+        variant_recipe("modern-dropout", 81, 30.0)
+
+
+def test_the_table_compares_with_the_baseline_it_is_given():
+    runs = [
+        _run("modern", 0, 1.3),
+        _run("modern", 1, 1.3),
+        _run("modern-rmsnorm", 0, 1.2),
+        _run("modern-rmsnorm", 1, 1.2),
+    ]
+    table = recipe_table(runs, baseline="modern").splitlines()
+    assert "vs modern" in table[1]
+    assert table[3].split()[:6] == ["modern-rmsnorm", "1.200", "±", "0.000", f"{1.2 / math.log(2):.3f}", "-0.100"]
 
 
 def test_read_runs_skips_other_texts_budgets_machines_and_cut_lines(tmp_path):
