@@ -29,42 +29,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 from pathlib import Path
 
-import torch
-
 from ds9_utils.course import load_course_data, text_file_data
-from ds9_utils.precision import device_precision
-from ds9_utils.presets import get_preset
 from ds9_utils.recipe_changes import VARIANTS, WITHOUT, measure_variant, read_runs, recipe_table
-
-
-def machine() -> dict:
-    """What a time-budgeted result depends on: the processor, its cores, torch and the number format."""
-    processor = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            processor = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "processor": processor,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "precision": device_precision("cpu", get_preset("cpu").train_config.autocast),
-    }
-
-
-def append_result(path: Path, run: dict) -> None:
-    """Add one run as one line, on disk before the next run starts: an interruption loses at most that run."""
-    cut_short = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-    with open(path, "a", encoding="utf-8") as results:
-        results.write(("\n" if cut_short else "") + json.dumps(run) + "\n")  # never glued to a cut line
-        results.flush()
-        os.fsync(results.fileno())
+from ds9_utils.runlog import append_result, machine
 
 
 def main() -> None:

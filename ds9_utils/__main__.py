@@ -373,7 +373,22 @@ def cmd_main_job(args: argparse.Namespace) -> int:
         f"after {result.steps} steps. Step 3: a new scene.\n"
     )
     _write_scene(course_checkpoint_path(preset), DEFAULT_PROMPT, 800, 0.8, None, None, args.seed)
+    print(_what_longer_runs_give(result.steps))
     return 0
+
+
+def _what_longer_runs_give(steps: int) -> str:
+    """The stored budget curve, after the main job's time-budgeted run: what more steps of the same recipe buy."""
+    from .budget_curve import curve_table, read_curve
+    from .presets import COURSE_PRESET, COURSE_STEPS
+
+    return (
+        f"\nThis run trained {steps:,} steps. What longer runs of the same recipe gave on a 2-core CPU (the test "
+        "episodes, in bits per character; the sample is each model's first line from one prompt and seed):\n"
+        f"{curve_table(read_curve())}\n"
+        f"Notebook 09's course model trains {COURSE_STEPS:,} steps: `{program_name()} train --preset "
+        f"{COURSE_PRESET}` trains it from the command line."
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

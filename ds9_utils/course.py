@@ -110,12 +110,23 @@ def find_course_checkpoint(data: Path | None = None, device: str | None = None) 
 
 
 def run_config(
-    preset: str, max_steps: int | None = None, device: str | None = None, max_seconds: float | None = None
+    preset: str,
+    max_steps: int | None = None,
+    device: str | None = None,
+    max_seconds: float | None = None,
+    *,
+    step_budget: int | None = None,
 ) -> TrainConfig:
     """A preset's training recipe for one run, cut to ``max_steps`` or ``max_seconds``: the learning-rate
-    schedule still spans the preset's steps, so a short run is the start of the full one and can be resumed."""
+    schedule still spans the preset's steps, so a short run is the start of the full one and can be resumed.
+
+    ``step_budget`` is a budget of its own instead: that many steps, with the whole schedule (warm-up, stable
+    stretch, decay) laid over them and no time budget, as the budget curve (``ds9_utils.budget_curve``) needs.
+    """
     recipe = get_preset(preset).train_config
     device = resolve_device(device)
+    if step_budget is not None:
+        recipe = replace(recipe, max_steps=step_budget, max_seconds=None, lr_decay_steps=None)
     config = replace(
         recipe,
         device=device,
@@ -133,6 +144,7 @@ def train_course_model(
     resume: bool = True,
     max_steps: int | None = None,
     max_seconds: float | None = None,
+    step_budget: int | None = None,
     device: str | None = None,
     seed: int | None = None,
     progress: bool = True,
@@ -143,15 +155,16 @@ def train_course_model(
     """Train a GPT with a preset's recipe (default: the one that suits this machine) and checkpoint it.
 
     With ``resume`` (the default) an interrupted run continues from its checkpoint, and a finished one is
-    loaded as it is. ``max_steps`` and ``max_seconds`` bound the run (see ``run_config``); ``seed`` (default: the
-    preset's) sets the initial weights and the batches, so runs that differ only by it show the spread.
+    loaded as it is. ``max_steps``, ``max_seconds`` and ``step_budget`` bound the run (see ``run_config``);
+    ``seed`` (default: the preset's) sets the initial weights and the batches, so runs that differ only by it show
+    the spread.
     ``parallel`` makes this call one rank of a data-parallel run (``ds9_utils.distributed``), on the device that
     rank was given.
     """
     parallel = parallel or SingleProcess()
     device = resolve_device(getattr(parallel, "device", None) or device)
     preset = preset or default_preset(device, max_seconds)
-    config = run_config(preset, max_steps, device, max_seconds)
+    config = run_config(preset, max_steps, device, max_seconds, step_budget=step_budget)
     if seed is not None:
         config = replace(config, seed=seed)
     data = data or load_course_data()

@@ -8,7 +8,7 @@ entry in ``PRESETS``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .model import GPTConfig
@@ -38,6 +38,26 @@ MODERN_ARCHITECTURE: dict[str, Any] = dict(
 #: decay of the learning rate.
 MODERN_TRAINING: dict[str, Any] = dict(optimizer="muon", muon_lr=0.02, schedule="wsd")
 
+#: The course model's shape: 0.8 M parameters that learn fast on a 2-core CPU (chapter 09 says why).
+COURSE_SHAPE: dict[str, Any] = dict(
+    block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0, **MODERN_ARCHITECTURE
+)
+#: The number of steps notebook 09 trains the course model for: chosen from the measured budget curve
+#: (``ds9_utils.budget_curve``), the fewest that beat the best counting model by 0.15 bits with room to spare.
+COURSE_STEPS = 8_000
+#: ... and its recipe. A step budget, not a time budget: the model, and every chapter built on it, is then the
+#: same on a fast machine and a slow one (in the same number format); only the minutes differ.
+COURSE_RECIPE = TrainConfig(
+    batch_size=8,
+    max_steps=COURSE_STEPS,
+    learning_rate=3e-3,
+    min_lr=3e-4,
+    warmup_steps=100,
+    eval_interval=1000,  # every evaluation is time not spent training: 2 x 50 batches every 1,000 steps
+    eval_iters=50,
+    **MODERN_TRAINING,
+)
+
 PRESETS: dict[str, Preset] = {
     "quick": Preset(
         name="quick",
@@ -58,7 +78,7 @@ PRESETS: dict[str, Preset] = {
     "brief": Preset(
         name="brief",
         description="sized for a budget of about two minutes on a CPU: what `train --max-seconds 120` trains",
-        model_kwargs=dict(block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0, **MODERN_ARCHITECTURE),
+        model_kwargs=COURSE_SHAPE,
         train_config=TrainConfig(
             batch_size=8,
             max_steps=1_000_000,  # only a cap: the time budget decides
@@ -75,7 +95,7 @@ PRESETS: dict[str, Preset] = {
         name="small",
         description="the cpu model's shape trained for a few minutes: what a chapter trains when notebook 09's "
         "model is missing",
-        model_kwargs=dict(block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0, **MODERN_ARCHITECTURE),
+        model_kwargs=COURSE_SHAPE,
         train_config=TrainConfig(
             batch_size=8,
             max_steps=1500,
@@ -89,21 +109,23 @@ PRESETS: dict[str, Preset] = {
     ),
     "cpu": Preset(
         name="cpu",
-        description="the course model: a good small model in under 10 minutes on a 2-core laptop CPU",
+        description="the main job's model: the course model's shape and recipe for a time budget of 9 minutes, so "
+        "that `python -m ds9_utils` is done in 10 on any CPU",
         # DS9, 120 s on 2 cores (bfloat16), held-out nats, one seed: this recipe 1.380 (1,115 steps); with
         # batches of 16, 1.400 (558 steps). The classic recipe at the same shape: 2.188 (1,226 steps).
-        model_kwargs=dict(block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0, **MODERN_ARCHITECTURE),
-        train_config=TrainConfig(
-            batch_size=8,
+        model_kwargs=COURSE_SHAPE,
+        train_config=replace(
+            COURSE_RECIPE,
             max_steps=1_000_000,  # only a cap: the time budget decides, and anneals the rate when it is spent
             max_seconds=540.0,  # 9 minutes of training and ~0.5 of evaluations: the main job is done in 10
-            learning_rate=3e-3,
-            min_lr=3e-4,
-            warmup_steps=100,
-            eval_interval=1000,  # every evaluation is time not spent training: 2 x 50 batches every 1,000 steps
-            eval_iters=50,
-            **MODERN_TRAINING,
         ),
+    ),
+    "course": Preset(
+        name="course",
+        description="the course model of notebook 09: the cpu preset's model and recipe for a fixed number of "
+        "steps, so the same seed gives the same model on a slow machine and a fast one",
+        model_kwargs=COURSE_SHAPE,
+        train_config=COURSE_RECIPE,
     ),
     "classic": Preset(
         name="classic",
@@ -143,7 +165,8 @@ PRESETS: dict[str, Preset] = {
 #: The presets a time budget on a CPU chooses between (``default_preset``): the classic recipe is only ever named.
 BUDGET_PRESETS = ("brief", "cpu")
 
-COURSE_PRESET = "cpu"  # the course model of notebook 09 and the README
+COURSE_PRESET = "course"  # the course model of notebook 09 and the README
+MAIN_JOB_PRESET = "cpu"  # what `python -m ds9_utils` trains on a CPU: a time budget, done in 10 minutes
 
 
 def get_preset(name: str) -> Preset:
@@ -164,14 +187,14 @@ def default_preset(device: str | None = None, max_seconds: float | None = None) 
     if (device or choose_device()).startswith("cuda"):
         return "gpu"
     if max_seconds is None:
-        return COURSE_PRESET
+        return MAIN_JOB_PRESET
     budgets = sorted((PRESETS[name].train_config.max_seconds, name) for name in BUDGET_PRESETS)
     fitting = [name for seconds, name in budgets if seconds <= max_seconds]
     return fitting[-1] if fitting else budgets[0][1]
 
 
 def course_preset() -> str:
-    """The course model's preset, the one notebook 09 trains: "quick" in quick mode, otherwise "cpu"."""
+    """The course model's preset, the one notebook 09 trains: "quick" in quick mode, otherwise "course"."""
     return "quick" if quick_mode() else COURSE_PRESET
 
 

@@ -25,6 +25,7 @@ from .evaluate import bits_per_char
 from .model import GPT, GPTConfig
 from .precision import device_precision
 from .presets import MODERN_ARCHITECTURE, MODERN_TRAINING, get_preset
+from .runlog import read_results
 from .train import estimate_loss, set_seed, train
 from .train_config import TrainConfig
 
@@ -89,21 +90,13 @@ def measure_variant(name: str, data: CourseData, seconds: float, seed: int) -> d
 
 
 def read_runs(path: Path, text: str, seconds: float, machine: dict | None = None) -> list[dict]:
-    """The runs in ``path`` of this text and budget (and machine, if given). A line cut short by an
-    interruption is skipped: its run is simply made again."""
-    if not path.exists():
-        return []
-    runs = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            run = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(run, dict) or (run.get("text"), run.get("seconds")) != (text, seconds):
-            continue
-        if machine is None or run.get("machine") == machine:
-            runs.append(run)
-    return runs
+    """The runs in ``path`` of this text and budget (and machine, if given); see ``runlog.read_results``."""
+    return [
+        run
+        for run in read_results(path)
+        if (run.get("text"), run.get("seconds")) == (text, seconds)
+        and (machine is None or run.get("machine") == machine)
+    ]
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:

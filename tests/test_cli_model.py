@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ds9_utils.budget_curve import curve_table, read_curve
 from ds9_utils.presets import PRESETS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -391,8 +392,10 @@ def test_the_main_job_downloads_trains_and_prints_a_scene(tmp_path, mirror_url):
     assert len(list((tmp_path / "chakoteya" / "DS9").glob("[0-9][0-9][0-9].htm"))) == 165
     quick_model = tmp_path / "checkpoints" / "course_model-quick.pt"
     assert quick_model.exists()
-    scene = result.stdout.split("Step 3: a new scene.", 1)[1].strip()
+    scene, longer_runs = result.stdout.split("Step 3: a new scene.", 1)[1].strip().split("\nThis run trained ", 1)
     assert scene.startswith("[Quark's]\n") and len(scene) > 50
+    assert "What longer runs of the same recipe gave" in longer_runs and "train --preset course" in longer_runs
+    assert curve_table(read_curve()) in longer_runs, "the stored budget curve, as chapter 09 prints it"
     again = run_cli(data_dir=tmp_path, env={"DS9_BASE_URL": "http://127.0.0.1:9/", "DS9_DOWNLOAD_DELAY": "0"})
     assert again.returncode == 0, "a second run reuses the cache and the trained model: no site needed"
     assert again.stdout.split("Step 3: a new scene.", 1)[1] == result.stdout.split("Step 3: a new scene.", 1)[1]
@@ -400,7 +403,7 @@ def test_the_main_job_downloads_trains_and_prints_a_scene(tmp_path, mirror_url):
         return
     before = quick_model.read_bytes()
     full = start_cli(data_dir=tmp_path, env={**site, "DS9_QUICK": "0", "DS9_DEVICE": "cpu"})
-    wait_for(lambda: (tmp_path / "checkpoints" / "course_model.pt").exists() or full.poll() is not None)
+    wait_for(lambda: (tmp_path / "checkpoints" / "course_model-cpu.pt").exists() or full.poll() is not None)
     stdout, stderr = interrupt(full)
     assert full.returncode == 130, stderr
     assert "the 'cpu' model on cpu" in stdout and "build the model from that config" not in stderr

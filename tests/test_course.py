@@ -68,11 +68,11 @@ def test_each_preset_keeps_its_own_checkpoint(small_corpus, monkeypatch):
 
     (The command line's main job is run both ways in test_cli_model.py.)"""
     paths = {name: course.course_checkpoint_path(name) for name in PRESETS}
-    assert len(set(paths.values())) == len(PRESETS) and paths["cpu"].name == "course_model.pt"
+    assert len(set(paths.values())) == len(PRESETS) and paths["course"].name == "course_model.pt"
     assert course.course_checkpoint_path() == paths["quick"], "in quick mode the course model is the quick one"
     course.train_course_model(preset="quick", max_steps=2, progress=False)
     monkeypatch.setenv("DS9_QUICK", "0")
-    assert course.course_checkpoint_path() == paths["cpu"] and default_preset("cpu") == "cpu"
+    assert course.course_checkpoint_path() == paths["course"] and default_preset("cpu") == "cpu"
     assert course.find_course_checkpoint() is None, "the quick model is not the full course model"
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         course.course_checkpoint_path("huge")

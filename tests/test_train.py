@@ -180,7 +180,7 @@ def test_a_time_budget_on_a_cpu_picks_the_preset_made_for_it(monkeypatch):
 
 
 def test_the_course_presets_train_the_modern_recipe_and_classic_keeps_gpt2s():
-    for name in ("quick", "brief", "small", "cpu"):
+    for name in ("quick", "brief", "small", "cpu", "course"):
         config, recipe = PRESETS[name].gpt_config(80), PRESETS[name].train_config
         assert all(getattr(config, key) == value for key, value in MODERN_ARCHITECTURE.items()), name
         assert all(getattr(recipe, key) == value for key, value in MODERN_TRAINING.items()), name
