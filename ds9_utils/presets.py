@@ -39,9 +39,7 @@ MODERN_ARCHITECTURE: dict[str, Any] = dict(
 MODERN_TRAINING: dict[str, Any] = dict(optimizer="muon", muon_lr=0.02, schedule="wsd")
 
 #: The course model's shape: 0.8 M parameters that learn fast on a 2-core CPU (chapter 09 says why).
-COURSE_SHAPE: dict[str, Any] = dict(
-    block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0, **MODERN_ARCHITECTURE
-)
+COURSE_SHAPE: dict[str, Any] = dict(block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0, **MODERN_ARCHITECTURE)
 #: The number of steps notebook 09 trains the course model for: chosen from the measured budget curve
 #: (``ds9_utils.budget_curve``), the fewest that beat the best counting model by 0.15 bits with room to spare.
 COURSE_STEPS = 8_000
