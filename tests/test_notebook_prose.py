@@ -36,6 +36,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "03": {"1,000"},  # a round number of samples, a setting
     "07": {"0.2"},  # the gpu preset's dropout rate, a setting
+    "09": {"0.15"},  # the margin over counting the course asks of its model, a target
     "12": {"1,024", "50,000", "200,000"},  # the BPE vocabulary asked for; large models' vocabularies, cited
     "14": {"0.05"},  # the rater's tie margin, a setting of ds9_utils.feedback
     "15": {"16,384"},  # the GPUs of Llama 3's training cluster, cited from its paper
