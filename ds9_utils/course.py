@@ -5,9 +5,9 @@ chapter calls ``load_course_model()``, which loads that checkpoint when it is th
 small model itself (and keeps it), so any chapter also runs alone on Kaggle or Colab. The command line's
 main job (``python -m ds9_utils``) goes through the same functions.
 
-Each preset keeps its own file (``course_model.pt`` for the course model, ``course_model-quick.pt`` for the
-quick one...), so a quick run never stands in the way of a full one: resuming only ever continues a run of
-the same model.
+Each preset keeps its own file (``course_model.pt`` for the course model, ``course_model-cpu.pt`` for the main
+job's, ``course_model-quick.pt`` for the quick one...), so a quick run never stands in the way of a full one:
+resuming only ever continues a run of the same model.
 """
 
 from __future__ import annotations
