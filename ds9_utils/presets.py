@@ -77,16 +77,12 @@ PRESETS: dict[str, Preset] = {
         name="brief",
         description="sized for a budget of about two minutes on a CPU: what `train --max-seconds 120` trains",
         model_kwargs=COURSE_SHAPE,
-        train_config=TrainConfig(
-            batch_size=8,
+        train_config=replace(
+            COURSE_RECIPE,
             max_steps=1_000_000,  # only a cap: the time budget decides
             max_seconds=120.0,
-            learning_rate=3e-3,
-            min_lr=3e-4,
             warmup_steps=50,
-            eval_interval=1000,
             eval_iters=20,
-            **MODERN_TRAINING,
         ),
     ),
     "small": Preset(
@@ -94,16 +90,7 @@ PRESETS: dict[str, Preset] = {
         description="the cpu model's shape trained for a few minutes: what a chapter trains when notebook 09's "
         "model is missing",
         model_kwargs=COURSE_SHAPE,
-        train_config=TrainConfig(
-            batch_size=8,
-            max_steps=1500,
-            learning_rate=3e-3,
-            min_lr=3e-4,
-            warmup_steps=50,
-            eval_interval=500,
-            eval_iters=20,
-            **MODERN_TRAINING,
-        ),
+        train_config=replace(COURSE_RECIPE, max_steps=1500, warmup_steps=50, eval_interval=500, eval_iters=20),
     ),
     "cpu": Preset(
         name="cpu",
