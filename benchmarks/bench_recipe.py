@@ -2,7 +2,8 @@
 
     python benchmarks/bench_recipe.py --seconds 120 --seeds 3                         # DS9, every variant
     python benchmarks/bench_recipe.py --text kjv.txt --seconds 120 --seeds 3          # another text
-    python benchmarks/bench_recipe.py --variants classic modern --seconds 540 --seeds 3
+    python benchmarks/bench_recipe.py --variants classic modern --seconds 660 --seeds 3   # the course budget
+    python benchmarks/bench_recipe.py --steps 8000 --seeds 3 --results runs.jsonl         # its steps, any machine
     python benchmarks/bench_recipe.py --seconds 120 --seeds 3 --results runs.jsonl    # resumable
     python benchmarks/bench_recipe.py --variants modern modern-rmsnorm modern-untied  # modern without one change
 
@@ -40,7 +41,9 @@ from ds9_utils.runlog import append_result, machine
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--text", type=Path, help="a UTF-8 text file (default: the DS9 corpus, by episode)")
-    parser.add_argument("--seconds", type=float, default=120.0, help="training time of every run (default 120)")
+    budget_options = parser.add_mutually_exclusive_group()
+    budget_options.add_argument("--seconds", type=float, help="training time of every run (default 120)")
+    budget_options.add_argument("--steps", type=int, help="train every run for this many steps instead of a time")
     parser.add_argument("--seeds", type=int, default=3, help="runs per variant (default 3)")
     parser.add_argument(
         "--variants",
@@ -51,11 +54,16 @@ def main() -> None:
     )
     parser.add_argument("--results", type=Path, help="a JSON-lines file to add each run to, and to resume from")
     args = parser.parse_args()
+    if args.steps is None and args.seconds is None:
+        args.seconds = 120.0
+    if any(budget is not None and budget <= 0 for budget in (args.steps, args.seconds)):
+        parser.error("--seconds and --steps take a positive number, e.g. --steps 8000")
     data = text_file_data(args.text) if args.text else load_course_data()
     text = args.text.name if args.text else "DS9"
     here = machine()
-    print(f"{args.text or 'DS9 corpus'}: {data}; {args.seconds:.0f} s a run; {here}")
-    done = read_runs(args.results, text, args.seconds, here) if args.results else []
+    budget = f"{args.steps:,} steps" if args.steps else f"{args.seconds:.0f} s"
+    print(f"{args.text or 'DS9 corpus'}: {data}; {budget} a run; {here}")
+    done = read_runs(args.results, text, args.seconds, here, args.steps) if args.results else []
     if done:
         print(f"{len(done)} runs of this text, budget and machine already in {args.results}: not run again")
     runs: list[dict] = []
@@ -69,7 +77,8 @@ def main() -> None:
                 {
                     "text": text,
                     "seconds": args.seconds,
-                    **measure_variant(name, data, args.seconds, seed),
+                    **({"max_steps": args.steps} if args.steps else {}),
+                    **measure_variant(name, data, seed, args.seconds, args.steps),
                     "machine": here,
                 }
             )

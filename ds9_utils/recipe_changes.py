@@ -48,12 +48,26 @@ VARIANTS = ("classic", *CHANGES, "modern")
 #: what each change is worth inside the whole recipe, where changes can need each other.
 WITHOUT = tuple(f"modern-{name}" for name in CHANGES)
 
+#: The course model's budget in seconds: its 8,000 steps took about 11 minutes on the 2-core reference machine
+#: (the budget curve), so a variant trained this long learns from about as much compute as the course model.
+COURSE_BUDGET_SECONDS = 660.0
+
 #: The runs that ``benchmarks/bench_recipe.py`` made for the course (one JSON object a line).
 MEASURED_RUNS = Path(__file__).resolve().parent / "measurements" / "recipe_changes.jsonl"
 
 
-def variant_recipe(name: str, vocab_size: int, seconds: float) -> tuple[GPTConfig, TrainConfig]:
-    """The model's shape and the recipe of one variant, trained for ``seconds`` on the CPU."""
+def variant_recipe(
+    name: str, vocab_size: int, seconds: float | None = None, steps: int | None = None
+) -> tuple[GPTConfig, TrainConfig]:
+    """The model's shape and the recipe of one variant, trained on the CPU for ``seconds`` or for ``steps``.
+
+    A time budget asks what a recipe learns per second, but its result moves with the machine's speed, so a
+    table of time-budgeted runs is only fair when they ran side by side. A step budget gives the same model on
+    any machine in the same number format, so its runs can be gathered over several sittings; each run's
+    tokens per second then say what its steps cost.
+    """
+    if (seconds is None) == (steps is None):
+        raise ValueError("give a variant a time budget (seconds) or a step budget (steps): exactly one of them")
     classic, modern = get_preset("classic"), get_preset("cpu")
     if name == "modern" or name in WITHOUT:
         model_changes, recipe_changes = CHANGES.get(name.removeprefix("modern-"), ({}, {}))
@@ -67,13 +81,17 @@ def variant_recipe(name: str, vocab_size: int, seconds: float) -> tuple[GPTConfi
         recipe = replace(classic.train_config, **recipe_changes)
     else:
         raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS + WITHOUT)}")
-    recipe = replace(recipe, max_seconds=seconds, device="cpu", eval_interval=10**9)
+    budget = {"max_seconds": seconds} if steps is None else {"max_seconds": None, "max_steps": steps}
+    recipe = replace(recipe, **budget, device="cpu", eval_interval=10**9)
     return GPTConfig(vocab_size=vocab_size, **model_kwargs), recipe
 
 
-def measure_variant(name: str, data: CourseData, seconds: float, seed: int) -> dict:
-    """Train one variant for ``seconds`` with ``seed`` (the initial weights and the batches), then measure it."""
-    config, recipe = variant_recipe(name, data.tokenizer.vocab_size, seconds)
+def measure_variant(
+    name: str, data: CourseData, seed: int, seconds: float | None = None, steps: int | None = None
+) -> dict:
+    """Train one variant for ``seconds`` or ``steps`` with ``seed`` (the initial weights and the batches), then
+    measure it."""
+    config, recipe = variant_recipe(name, data.tokenizer.vocab_size, seconds, steps)
     recipe = replace(recipe, seed=seed)
     set_seed(seed)
     model = GPT(config)
@@ -89,12 +107,15 @@ def measure_variant(name: str, data: CourseData, seconds: float, seed: int) -> d
     }
 
 
-def read_runs(path: Path, text: str, seconds: float, machine: dict | None = None) -> list[dict]:
-    """The runs in ``path`` of this text and budget (and machine, if given); see ``runlog.read_results``."""
+def read_runs(
+    path: Path, text: str, seconds: float | None, machine: dict | None = None, steps: int | None = None
+) -> list[dict]:
+    """The runs in ``path`` of this text and budget, ``seconds`` or ``steps`` (and machine, if given); see
+    ``runlog.read_results``. A run trained for a step budget keeps it as ``max_steps``, with no seconds."""
     return [
         run
         for run in read_results(path)
-        if (run.get("text"), run.get("seconds")) == (text, seconds)
+        if (run.get("text"), run.get("seconds"), run.get("max_steps")) == (text, seconds, steps)
         and (machine is None or run.get("machine") == machine)
     ]
 
@@ -118,7 +139,8 @@ def recipe_table(runs: list[dict], baseline: str = "classic") -> str:
         if len(machines) == 1
         else "several machines"
     )
-    lines = [f"{first['text']}, {first['seconds']:.0f} s of training a run ({where})"]
+    budget = f"{first['seconds']:.0f} s" if first.get("seconds") is not None else f"{first['max_steps']:,} steps"
+    lines = [f"{first['text']}, {budget} of training a run ({where})"]
     lines.append(
         f"{'variant':<18}{'held-out nats':>17}{'bits/char':>11}{'vs ' + baseline:>12}{'/ its SE':>10}{'seeds':>7}"
         f"{'steps':>8}{'tokens/s':>10}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from ds9_utils.recipe_changes import read_runs
@@ -35,3 +37,14 @@ def test_results_resume_only_this_text_budget_and_machine(tmp_path):
     assert read_runs(tmp_path / "missing.jsonl", "DS9", 120.0, here) == []
     bench.append_result(path, {**ours, "seed": 2})  # after the cut line: still one run per line
     assert [run["seed"] for run in read_runs(path, "DS9", 120.0, here)] == [0, 2]
+
+
+def test_a_budget_that_is_not_positive_or_not_one_budget_gets_one_line(tmp_path):
+    for arguments, message in (
+        (["--steps", "0"], "--seconds and --steps take a positive number"),
+        (["--seconds", "60", "--steps", "8000"], "not allowed with argument"),
+    ):
+        run = subprocess.run(
+            [sys.executable, str(BENCH), *arguments], capture_output=True, text=True, cwd=tmp_path, timeout=120
+        )
+        assert run.returncode == 2 and message in run.stderr, run.stderr

@@ -7,12 +7,15 @@ import math
 
 import pytest
 
+from ds9_utils.course import text_data
 from ds9_utils.presets import get_preset
 from ds9_utils.recipe_changes import (
     CHANGES,
+    COURSE_BUDGET_SECONDS,
     MEASURED_RUNS,
     VARIANTS,
     WITHOUT,
+    measure_variant,
     read_runs,
     recipe_table,
     variant_recipe,
@@ -109,3 +112,42 @@ def test_the_stored_measurements_hold_every_variant_with_three_seeds_on_one_mach
         assert seeds == [0, 1, 2], f"{text} {name}: seeds {seeds}"
     assert len({json.dumps(run["machine"], sort_keys=True) for run in runs}) == 1, "one machine per table"
     assert all(math.isfinite(run["held_out_nats"]) and run["steps"] > 0 for run in runs)
+
+
+def test_the_stored_runs_at_the_course_budget_compare_classic_and_modern_with_three_seeds_on_one_machine():
+    runs = read_runs(MEASURED_RUNS, "DS9", COURSE_BUDGET_SECONDS)
+    variants = {run["variant"] for run in runs}
+    assert {"classic", "modern"} <= variants, f"{MEASURED_RUNS.name} lacks classic or modern at the course budget"
+    for name in variants:  # a variant shown in chapter 09's table has all its seeds, never one or two
+        seeds = sorted(run["seed"] for run in runs if run["variant"] == name)
+        assert seeds == [0, 1, 2], f"DS9 {name} at {COURSE_BUDGET_SECONDS:.0f} s: seeds {seeds}"
+    assert len({json.dumps(run["machine"], sort_keys=True) for run in runs}) == 1, "one machine per table"
+
+
+def test_a_variant_trains_for_a_time_or_a_step_budget_never_both():
+    _, timed = variant_recipe("muon", 81, seconds=30.0)
+    assert timed.max_seconds == 30.0
+    _, stepped = variant_recipe("muon", 81, steps=8000)
+    assert (stepped.max_seconds, stepped.max_steps) == (None, 8000)
+    assert stepped.optimizer == timed.optimizer  # the budget is the only difference
+    for budgets in ({}, {"seconds": 30.0, "steps": 8000}):
+        with pytest.raises(ValueError, match="exactly one of them"):
+            variant_recipe("muon", 81, **budgets)
+
+
+def test_a_step_budget_gives_the_same_measurement_twice():
+    data = text_data("QUARK: Root beer. It's so bubbly and cloying and happy. Just like the Federation.\n" * 60)
+    first, again = (measure_variant("modern", data, seed=3, steps=3) for _ in range(2))
+    assert first["steps"] == again["steps"] == 3
+    assert first["held_out_nats"] == again["held_out_nats"]  # a step budget does not depend on the machine's speed
+
+
+def test_step_budgeted_runs_are_read_and_shown_apart_from_timed_ones(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    timed = _run("classic", 0, 1.3)
+    stepped = {**timed, "seconds": None, "max_steps": 8000, "steps": 8000}
+    path.write_text("".join(json.dumps(run) + "\n" for run in (timed, stepped)), encoding="utf-8")
+    assert read_runs(path, "t.txt", 60.0) == [timed]
+    assert read_runs(path, "t.txt", None, steps=8000) == [stepped]
+    assert read_runs(path, "t.txt", None, steps=4000) == []
+    assert recipe_table([stepped]).splitlines()[0].startswith("t.txt, 8,000 steps of training a run (Test CPU")
