@@ -1,4 +1,4 @@
-"""What each change of the modern recipe buys, alone and all together, at the same time budget and seeds.
+"""What each change of the modern recipe buys, alone and all together, at the same budget and seeds.
 
     python benchmarks/bench_recipe.py --seconds 120 --seeds 3                         # DS9, every variant
     python benchmarks/bench_recipe.py --text kjv.txt --seconds 120 --seeds 3          # another text
@@ -9,17 +9,20 @@
 
 The variants, the measurement and the table are ``ds9_utils.recipe_changes``: a GPT of the course model's shape
 (4 layers, 4 heads, 128 wide, block 128, batches of 8) trained with ``ds9_utils.train.train`` for the same
-seconds; "classic" is the GPT-2 recipe of chapters 05-08, each other variant adds one change to it, "modern"
-has them all (the course model). The runs go round-robin (every variant once with seed 0, then every variant
-with seed 1...), so a machine that slows down for a while slows all variants alike. A seed sets the initial
-weights and the batches. Each run's steps and tokens per second are printed with the number format it ran in,
+seconds (or steps); "classic" is the GPT-2 recipe of chapters 05-08, each other variant adds one change to it,
+"modern" has them all (the course model). The runs go round-robin (every variant once with seed 0, then every
+variant with seed 1...), so a machine that slows down for a while slows all variants alike. A seed sets the
+initial weights and the batches. Each run's steps and tokens per second are printed with the number format it ran in,
 since a time budget's result depends on the machine's speed.
 
 The whole table takes hours on a 2-core CPU (10 variants x 3 seeds x 120 s is an hour per text). With
 ``--results FILE`` every finished run is appended to FILE as one JSON line, with the text, the budget and the
 machine it ran on; run the same command again after an interruption and it skips the runs already there and
 goes on. Only runs of this machine (processor, cores, torch, number format) are reused and summarised: a
-time-budgeted result measured on another machine is not comparable. The course's runs are kept in
+time-budgeted result measured on another machine is not comparable, and even on one machine it moves with the
+hour, so a time-budgeted table is fair only when its runs share a sitting. With ``--steps N`` every run trains N
+steps instead: the same model on any machine in the same number format, so a table too long for one sitting
+(every variant at the course model's 8,000 steps) can be gathered over several. The course's runs are kept in
 ``ds9_utils/measurements/recipe_changes.jsonl``, which chapter 09 prints.
 
 The course's second text is the King James Bible, from Debian's ``bible-kjv`` package, verse numbers removed

@@ -2,9 +2,9 @@
 
 The speedruns (modded-nanogpt, nanochat) changed eight things at once. To know what each one buys at the
 course model's size on a CPU, we add it alone to the classic GPT-2 recipe of chapters 05-08 and train for the
-same seconds, with several seeds; "modern" has all of them (the ``cpu`` preset, the course model). Every run
-is measured by one function on one held-out text: the mean loss over a fixed set of ``EVAL_BATCHES`` batches
-of random windows, in float32.
+same seconds (or the same steps), with several seeds; "modern" has all of them (the ``cpu`` preset, the course
+model). Every run is measured by one function on one held-out text: the mean loss over a fixed set of
+``EVAL_BATCHES`` batches of random windows, in float32.
 
 A table takes about an hour per text on a 2-core CPU, far too long for a chapter, so
 ``benchmarks/bench_recipe.py`` runs it and keeps each run as one JSON line. The runs made for the course are
