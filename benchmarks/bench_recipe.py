@@ -37,7 +37,15 @@ import sys
 from pathlib import Path
 
 from ds9_utils.course import load_course_data, text_file_data
-from ds9_utils.recipe_changes import VARIANTS, WITHOUT, measure_variant, read_runs, recipe_table
+from ds9_utils.recipe_changes import (
+    VARIANTS,
+    WITHOUT,
+    budget_fields,
+    budget_label,
+    measure_variant,
+    read_runs,
+    recipe_table,
+)
 from ds9_utils.runlog import append_result, machine
 
 
@@ -64,8 +72,7 @@ def main() -> None:
     data = text_file_data(args.text) if args.text else load_course_data()
     text = args.text.name if args.text else "DS9"
     here = machine()
-    budget = f"{args.steps:,} steps" if args.steps else f"{args.seconds:.0f} s"
-    print(f"{args.text or 'DS9 corpus'}: {data}; {budget} a run; {here}")
+    print(f"{args.text or 'DS9 corpus'}: {data}; {budget_label(args.seconds, args.steps)} a run; {here}")
     done = read_runs(args.results, text, args.seconds, here, args.steps) if args.results else []
     if done:
         print(f"{len(done)} runs of this text, budget and machine already in {args.results}: not run again")
@@ -79,8 +86,7 @@ def main() -> None:
             runs.append(
                 {
                     "text": text,
-                    "seconds": args.seconds,
-                    **({"max_steps": args.steps} if args.steps else {}),
+                    **budget_fields(args.seconds, args.steps),
                     **measure_variant(name, data, seed, args.seconds, args.steps),
                     "machine": here,
                 }

@@ -56,6 +56,16 @@ COURSE_BUDGET_SECONDS = 660.0
 MEASURED_RUNS = Path(__file__).resolve().parent / "measurements" / "recipe_changes.jsonl"
 
 
+def budget_fields(seconds: float | None, steps: int | None) -> dict:
+    """How a run's budget is kept in the results file: its ``seconds``, or no seconds and its ``max_steps``."""
+    return {"seconds": seconds} if steps is None else {"seconds": None, "max_steps": steps}
+
+
+def budget_label(seconds: float | None, steps: int | None) -> str:
+    """A budget as the benchmark and the table print it: "660 s" or "8,000 steps"."""
+    return f"{seconds:.0f} s" if steps is None else f"{steps:,} steps"
+
+
 def variant_recipe(
     name: str, vocab_size: int, seconds: float | None = None, steps: int | None = None
 ) -> tuple[GPTConfig, TrainConfig]:
@@ -115,7 +125,8 @@ def read_runs(
     return [
         run
         for run in read_results(path)
-        if (run.get("text"), run.get("seconds"), run.get("max_steps")) == (text, seconds, steps)
+        if run.get("text") == text
+        and all(run.get(key) == value for key, value in budget_fields(seconds, steps).items())
         and (machine is None or run.get("machine") == machine)
     ]
 
@@ -139,8 +150,7 @@ def recipe_table(runs: list[dict], baseline: str = "classic") -> str:
         if len(machines) == 1
         else "several machines"
     )
-    budget = f"{first['seconds']:.0f} s" if first.get("seconds") is not None else f"{first['max_steps']:,} steps"
-    lines = [f"{first['text']}, {budget} of training a run ({where})"]
+    lines = [f"{first['text']}, {budget_label(first['seconds'], first.get('max_steps'))} of training a run ({where})"]
     lines.append(
         f"{'variant':<18}{'held-out nats':>17}{'bits/char':>11}{'vs ' + baseline:>12}{'/ its SE':>10}{'seeds':>7}"
         f"{'steps':>8}{'tokens/s':>10}"
