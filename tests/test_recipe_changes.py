@@ -8,7 +8,7 @@ import math
 import pytest
 
 from ds9_utils.course import text_data
-from ds9_utils.presets import get_preset
+from ds9_utils.presets import COURSE_STEPS, get_preset
 from ds9_utils.recipe_changes import (
     CHANGES,
     COURSE_BUDGET_SECONDS,
@@ -103,25 +103,34 @@ def test_read_runs_skips_other_texts_budgets_machines_and_cut_lines(tmp_path):
     assert read_runs(tmp_path / "missing.jsonl", "t.txt", 60.0) == []
 
 
+def _assert_every_seed_on_one_machine(runs: list[dict], label: str) -> None:
+    """A table chapter 09 prints shows each variant with all three seeds, never one or two, from one machine."""
+    for name in {run["variant"] for run in runs}:
+        seeds = sorted(run["seed"] for run in runs if run["variant"] == name)
+        assert seeds == [0, 1, 2], f"{label} {name}: seeds {seeds}"
+    assert len({json.dumps(run["machine"], sort_keys=True) for run in runs}) == 1, f"{label}: one machine per table"
+    assert all(math.isfinite(run["held_out_nats"]) and run["steps"] > 0 for run in runs)
+
+
 @pytest.mark.parametrize("text", ["DS9", "kjv.txt"])
 def test_the_stored_measurements_hold_every_variant_with_three_seeds_on_one_machine(text):
     runs = read_runs(MEASURED_RUNS, text, 120.0)
     assert {run["variant"] for run in runs} == set(VARIANTS), f"{text}: {MEASURED_RUNS.name} lacks variants"
-    for name in VARIANTS:
-        seeds = sorted(run["seed"] for run in runs if run["variant"] == name)
-        assert seeds == [0, 1, 2], f"{text} {name}: seeds {seeds}"
-    assert len({json.dumps(run["machine"], sort_keys=True) for run in runs}) == 1, "one machine per table"
-    assert all(math.isfinite(run["held_out_nats"]) and run["steps"] > 0 for run in runs)
+    _assert_every_seed_on_one_machine(runs, f"{text} at 120 s")
 
 
 def test_the_stored_runs_at_the_course_budget_compare_classic_and_modern_with_three_seeds_on_one_machine():
     runs = read_runs(MEASURED_RUNS, "DS9", COURSE_BUDGET_SECONDS)
     variants = {run["variant"] for run in runs}
     assert {"classic", "modern"} <= variants, f"{MEASURED_RUNS.name} lacks classic or modern at the course budget"
-    for name in variants:  # a variant shown in chapter 09's table has all its seeds, never one or two
-        seeds = sorted(run["seed"] for run in runs if run["variant"] == name)
-        assert seeds == [0, 1, 2], f"DS9 {name} at {COURSE_BUDGET_SECONDS:.0f} s: seeds {seeds}"
-    assert len({json.dumps(run["machine"], sort_keys=True) for run in runs}) == 1, "one machine per table"
+    _assert_every_seed_on_one_machine(runs, f"DS9 at {COURSE_BUDGET_SECONDS:.0f} s")
+
+
+def test_the_stored_runs_at_the_course_steps_hold_every_variant_with_three_seeds_on_one_machine():
+    runs = read_runs(MEASURED_RUNS, "DS9", None, steps=COURSE_STEPS)
+    assert {run["variant"] for run in runs} == set(VARIANTS), f"{MEASURED_RUNS.name} lacks variants at the course steps"
+    _assert_every_seed_on_one_machine(runs, f"DS9 at {COURSE_STEPS:,} steps")
+    assert all(run["steps"] == COURSE_STEPS for run in runs), "a step-budgeted run trains all its steps"
 
 
 def test_a_variant_trains_for_a_time_or_a_step_budget_never_both():
