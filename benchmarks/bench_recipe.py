@@ -12,8 +12,8 @@ The variants, the measurement and the table are ``ds9_utils.recipe_changes``: a 
 seconds (or steps); "classic" is the GPT-2 recipe of chapters 05-08, each other variant adds one change to it,
 "modern" has them all (the course model). The runs go round-robin (every variant once with seed 0, then every
 variant with seed 1...), so a machine that slows down for a while slows all variants alike. A seed sets the
-initial weights and the batches. Each run's steps and tokens per second are printed with the number format it ran in,
-since a time budget's result depends on the machine's speed.
+initial weights and the batches. Each run's steps and tokens per second are printed with the number format it
+ran in, since a time budget's result depends on the machine's speed.
 
 The whole table takes hours on a 2-core CPU (10 variants x 3 seeds x 120 s is an hour per text). With
 ``--results FILE`` every finished run is appended to FILE as one JSON line, with the text, the budget and the

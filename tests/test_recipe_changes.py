@@ -15,6 +15,7 @@ from ds9_utils.recipe_changes import (
     MEASURED_RUNS,
     VARIANTS,
     WITHOUT,
+    budget_label,
     measure_variant,
     read_runs,
     recipe_table,
@@ -116,20 +117,20 @@ def _assert_every_seed_on_one_machine(runs: list[dict], label: str) -> None:
 def test_the_stored_measurements_hold_every_variant_with_three_seeds_on_one_machine(text):
     runs = read_runs(MEASURED_RUNS, text, 120.0)
     assert {run["variant"] for run in runs} == set(VARIANTS), f"{text}: {MEASURED_RUNS.name} lacks variants"
-    _assert_every_seed_on_one_machine(runs, f"{text} at 120 s")
+    _assert_every_seed_on_one_machine(runs, f"{text} at {budget_label(120.0, None)}")
 
 
 def test_the_stored_runs_at_the_course_budget_compare_classic_and_modern_with_three_seeds_on_one_machine():
     runs = read_runs(MEASURED_RUNS, "DS9", COURSE_BUDGET_SECONDS)
     variants = {run["variant"] for run in runs}
     assert {"classic", "modern"} <= variants, f"{MEASURED_RUNS.name} lacks classic or modern at the course budget"
-    _assert_every_seed_on_one_machine(runs, f"DS9 at {COURSE_BUDGET_SECONDS:.0f} s")
+    _assert_every_seed_on_one_machine(runs, f"DS9 at {budget_label(COURSE_BUDGET_SECONDS, None)}")
 
 
 def test_the_stored_runs_at_the_course_steps_hold_every_variant_with_three_seeds_on_one_machine():
     runs = read_runs(MEASURED_RUNS, "DS9", None, steps=COURSE_STEPS)
     assert {run["variant"] for run in runs} == set(VARIANTS), f"{MEASURED_RUNS.name} lacks variants at the course steps"
-    _assert_every_seed_on_one_machine(runs, f"DS9 at {COURSE_STEPS:,} steps")
+    _assert_every_seed_on_one_machine(runs, f"DS9 at {budget_label(None, COURSE_STEPS)}")
     assert all(run["steps"] == COURSE_STEPS for run in runs), "a step-budgeted run trains all its steps"
 
 
