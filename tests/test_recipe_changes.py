@@ -127,10 +127,11 @@ def test_the_stored_runs_at_the_course_budget_compare_classic_and_modern_with_th
     _assert_every_seed_on_one_machine(runs, f"DS9 at {budget_label(COURSE_BUDGET_SECONDS, None)}")
 
 
-def test_the_stored_runs_at_the_course_steps_hold_every_variant_with_three_seeds_on_one_machine():
-    runs = read_runs(MEASURED_RUNS, "DS9", None, steps=COURSE_STEPS)
-    assert {run["variant"] for run in runs} == set(VARIANTS), f"{MEASURED_RUNS.name} lacks variants at the course steps"
-    _assert_every_seed_on_one_machine(runs, f"DS9 at {budget_label(None, COURSE_STEPS)}")
+@pytest.mark.parametrize("text", ["DS9", "kjv.txt"])
+def test_the_stored_runs_at_the_course_steps_hold_every_variant_with_three_seeds_on_one_machine(text):
+    runs = read_runs(MEASURED_RUNS, text, None, steps=COURSE_STEPS)
+    assert {run["variant"] for run in runs} == set(VARIANTS), f"{text}: {MEASURED_RUNS.name} lacks variants"
+    _assert_every_seed_on_one_machine(runs, f"{text} at {budget_label(None, COURSE_STEPS)}")
     assert all(run["steps"] == COURSE_STEPS for run in runs), "a step-budgeted run trains all its steps"
 
 
